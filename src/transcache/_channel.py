@@ -1,0 +1,88 @@
+"""An h11 connection bound to a trio stream: the one read loop that both sides of the proxy
+(clients and origins) use, plus the small stream adapters the server needs."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import h11
+import trio
+
+# Bytes asked of the transport per read: large enough that a fast body costs few events.
+READ_SIZE = 256 * 1024
+
+
+class Channel:
+    """Reads events from, and writes events to, one HTTP/1.1 connection."""
+
+    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+        self.stream = stream
+        self.conn = conn
+
+    async def receive_into_buffer(self) -> None:
+        """Read once from the transport into h11's buffer (b"" marks end of stream)."""
+        data = await self.stream.receive_some(READ_SIZE)
+        # h11 appends to a bytearray, so a bytearray from the transport needs no copy.
+        self.conn.receive_data(cast(bytes, data))
+
+    async def next_event(self) -> h11.Event:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                await self.receive_into_buffer()
+                continue
+            assert not isinstance(event, type), event  # PAUSED: caller must cycle first
+            return event
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream that first yields bytes already read from `inner` (h11's trailing data after
+    CONNECT), then reads from `inner` itself."""
+
+    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        return await self._inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def splice(a: trio.abc.Stream, b: trio.abc.Stream) -> int:
+    """Copy bytes both ways until both directions end; return the bytes moved."""
+    moved = 0
+
+    async def pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+        nonlocal moved
+        try:
+            while data := await src.receive_some(READ_SIZE):
+                await dst.send_all(data)
+                moved += len(data)
+            if isinstance(dst, trio.abc.HalfCloseableStream):
+                await dst.send_eof()
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, a, b)
+        nursery.start_soon(pump, b, a)
+    return moved

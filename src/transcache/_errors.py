@@ -1,0 +1,52 @@
+"""Error types. Each carries the HTTP status it maps to, so the server turns any of them into
+a response in one place (`ProxyError.status`) with a plain-text reason (`str(error)`)."""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """A failure that becomes an HTTP error response to the client."""
+
+    status: int = 500
+    reason: str = "Internal Server Error"
+
+
+class BadRequestError(ProxyError):
+    status = 400
+    reason = "Bad Request"
+
+
+class ForbiddenError(ProxyError):
+    status = 403
+    reason = "Forbidden"
+
+
+class MethodNotAllowedError(ProxyError):
+    status = 405
+    reason = "Method Not Allowed"
+
+
+class RequestTimeoutError(ProxyError):
+    status = 408
+    reason = "Request Timeout"
+
+
+class HeadersTooLargeError(ProxyError):
+    status = 431
+    reason = "Request Header Fields Too Large"
+
+
+class UpstreamError(ProxyError):
+    """The origin could not be reached or answered badly."""
+
+    status = 502
+    reason = "Bad Gateway"
+
+
+class UpstreamTLSError(UpstreamError):
+    """The origin's certificate failed verification (or its TLS handshake failed)."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    reason = "Gateway Timeout"

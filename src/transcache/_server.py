@@ -1,0 +1,392 @@
+"""The proxy server: one trio task per client connection, speaking HTTP/1.1 through h11.
+
+A connection starts in plain HTTP. Each request is one of:
+- ``CONNECT host:port``: answered 200, then either spliced blind to the origin (passthrough
+  hosts) or TLS-terminated with a leaf for `host` and served as a nested keep-alive loop whose
+  origin-form requests go to ``https://host:port``;
+- an absolute-form ``http://`` (or ``https://``) request: forwarded to that origin;
+- an origin-form request: addressed to the proxy itself (``/healthz``, ``/ca.pem``).
+
+Every failure the client can cause or suffer ends as an HTTP status with a plain-text reason
+(ProxyError), or as a closed connection once a response is under way; nothing a client sends
+can end the server or leave a task behind. Bodies stream in both directions, one read at a
+time, so memory stays flat whatever their size.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import h11
+import trio
+
+from ._ca import CAError, CertificateAuthority
+from ._channel import Channel, PrefixedStream, splice
+from ._config import Config
+from ._errors import (
+    BadRequestError,
+    ForbiddenError,
+    HeadersTooLargeError,
+    MethodNotAllowedError,
+    ProxyError,
+    RequestTimeoutError,
+)
+from ._protocol import (
+    Origin,
+    header_value,
+    parse_authority,
+    parse_target,
+    request_headers_for_upstream,
+    response_headers_for_client,
+)
+from ._upstream import BodyReader, UpstreamPool
+
+log = logging.getLogger("transcache")
+access_log = logging.getLogger("transcache.access")
+
+# TLS alerts by which a client says it does not trust our certificate (pinning, its own store).
+CERT_REJECTED_ALERTS = frozenset(
+    {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN"}
+)
+ADMIN_METHODS = frozenset({b"GET", b"HEAD"})
+CONNECTION_ESTABLISHED = h11.Response(status_code=200, headers=[], reason=b"Connection established")
+
+
+@dataclass
+class _Exchange:
+    """What the access log says about one request."""
+
+    peer: str
+    method: str
+    url: str = "-"
+    status: int = 0
+    bytes: int = 0
+    cache: str = "-"
+
+
+class ProxyServer:
+    def __init__(self, config: Config, ca: CertificateAuthority) -> None:
+        self.config = config
+        self.ca = ca
+        self.pool = UpstreamPool(config)
+        # Hosts whose clients rejected our leaf: tunnelled blind from then on.
+        self.fallback_passthrough: set[str] = set()
+        self.listeners: list[trio.SocketListener] = []
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of the first listener: the real port when 0 was asked for."""
+        sockname = self.listeners[0].socket.getsockname()
+        return sockname[0], sockname[1]
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[ProxyServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections until cancelled; report `self` once listening."""
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(
+                self.config.listen_port, host=self.config.listen_host
+            )
+        self.listeners = listeners
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self.handle, listeners)
+                task_status.started(self)
+        finally:
+            await self.pool.aclose()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "-"
+        try:
+            await self._serve_http(stream, peer, tunnel=None)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; nothing to tell it
+        except Exception:
+            log.exception("unexpected error while serving %s", peer)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # -- the HTTP loop -----------------------------------------------------------------------
+
+    async def _serve_http(self, stream: trio.abc.Stream, peer: str, tunnel: Origin | None) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
+        channel = Channel(stream, conn)
+        wait = self.config.header_timeout
+        while True:
+            request = await self._read_request_head(channel, peer, wait)
+            if request is None:
+                return
+            if request.method == b"CONNECT" and tunnel is None:
+                await self._connect(channel, request, peer)
+                return
+            await self._respond(channel, request, peer, tunnel)
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+            wait = self.config.idle_timeout
+
+    async def _read_request_head(
+        self, channel: Channel, peer: str, first_byte_timeout: float
+    ) -> h11.Request | None:
+        """The next request head, or None when the connection should end."""
+        try:
+            event = channel.conn.next_event()
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(first_byte_timeout) as idle:
+                    await channel.receive_into_buffer()
+                if idle.cancelled_caught:
+                    return None  # idle, or never said anything: close quietly
+                event = channel.conn.next_event()
+                with trio.fail_after(self.config.header_timeout):
+                    while event is h11.NEED_DATA:
+                        await channel.receive_into_buffer()
+                        event = channel.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            error: ProxyError = (
+                HeadersTooLargeError("request head too large")
+                if exc.error_status_hint == 431
+                else BadRequestError(f"malformed request: {exc}")
+            )
+            await self._reject(channel, _Exchange(peer, "-"), error)
+            return None
+        except trio.TooSlowError:
+            error = RequestTimeoutError("request head not received in time")
+            await self._reject(channel, _Exchange(peer, "-"), error)
+            return None
+        if isinstance(event, h11.Request):
+            return event
+        return None  # ConnectionClosed
+
+    async def _respond(
+        self, channel: Channel, request: h11.Request, peer: str, tunnel: Origin | None
+    ) -> None:
+        exchange = _Exchange(peer, request.method.decode("ascii", "replace"))
+        started = trio.current_time()
+        try:
+            target = parse_target(request.target)
+            origin = target.origin or tunnel
+            if origin is None:
+                exchange.url = target.path
+                await self._admin(channel, request, target.path, exchange)
+            else:
+                exchange.url = origin.url(target.path)
+                await self._forward(channel, request, origin, target.path, exchange)
+        except ProxyError as error:
+            await self._reject(channel, exchange, error, log_it=False)
+        finally:
+            self._log_access(exchange, started)
+
+    def _body_reader(self, channel: Channel) -> BodyReader:
+        async def read() -> bytes:
+            try:
+                with trio.fail_after(self.config.idle_timeout):
+                    event = await channel.next_event()
+                    while isinstance(event, h11.Data) and not event.data:
+                        event = await channel.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise BadRequestError(f"malformed request body: {exc}") from None
+            except trio.TooSlowError:
+                raise RequestTimeoutError("request body stalled") from None
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage):
+                return b""
+            raise BadRequestError("request body ended early")
+
+        return read
+
+    async def _forward(
+        self,
+        channel: Channel,
+        request: h11.Request,
+        origin: Origin,
+        path: str,
+        exchange: _Exchange,
+    ) -> None:
+        raw = list(request.headers.raw_items())
+        headers = request_headers_for_upstream(raw, origin)
+        read_body = self._body_reader(channel)
+        body: BodyReader | None = read_body
+        if header_value(raw, b"transfer-encoding") is None and header_value(
+            raw, b"content-length"
+        ) in (None, b"0"):
+            body = None
+            await read_body()  # h11's EndOfMessage, already buffered
+        if channel.conn.they_are_waiting_for_100_continue:
+            await channel.send(h11.InformationalResponse(status_code=100, headers=[]))
+        response = await self.pool.request(origin, request.method, path.encode(), headers, body)
+        try:
+            exchange.status = response.status
+            await channel.send(
+                h11.Response(
+                    status_code=response.status,
+                    headers=response_headers_for_client(response.headers),
+                    reason=response.reason,
+                )
+            )
+            while True:
+                try:
+                    chunk = await response.read()
+                except ProxyError as error:
+                    # Headers are out: the only honest signal left is an incomplete body.
+                    log.warning("%s: response cut off: %s", exchange.url, error)
+                    return
+                if not chunk:
+                    break
+                await channel.send(h11.Data(data=chunk))
+                exchange.bytes += len(chunk)
+            await channel.send(h11.EndOfMessage())
+        finally:
+            await response.aclose()
+
+    # -- CONNECT -----------------------------------------------------------------------------
+
+    async def _connect(self, channel: Channel, request: h11.Request, peer: str) -> None:
+        exchange = _Exchange(peer, "CONNECT", request.target.decode("ascii", "replace"))
+        started = trio.current_time()
+        try:
+            host, port = parse_authority(request.target)
+            if not self.config.connect_allowed(port):
+                raise ForbiddenError(f"CONNECT to port {port} is not allowed")
+            origin = Origin("https", host, port)
+            await self._body_reader(channel)()  # CONNECT carries no body
+            if self.config.is_passthrough(host) or host in self.fallback_passthrough:
+                exchange.status = 200
+                try:
+                    exchange.bytes = await self._tunnel(channel, origin)
+                finally:
+                    self._log_access(exchange, started)
+                return
+            try:
+                context = self.ca.server_context(host)
+            except CAError as exc:
+                raise BadRequestError(str(exc)) from None
+            await channel.send(CONNECTION_ESTABLISHED)
+        except ProxyError as error:
+            await self._reject(channel, exchange, error)
+            return
+        prefix, _ = channel.conn.trailing_data
+        transport = PrefixedStream(channel.stream, prefix) if prefix else channel.stream
+        tls = trio.SSLStream(transport, context, server_side=True, https_compatible=True)
+        try:
+            with trio.fail_after(self.config.header_timeout):
+                await tls.do_handshake()
+        except trio.BrokenResourceError as exc:
+            self._handshake_failed(peer, host, exc.__cause__)
+            return
+        except trio.TooSlowError:
+            log.info("%s: TLS handshake for %s timed out", peer, host)
+            return
+        try:
+            await self._serve_http(tls, peer, tunnel=origin)
+        finally:
+            await trio.aclose_forcefully(tls)
+
+    async def _tunnel(self, channel: Channel, origin: Origin) -> int:
+        upstream = await self.pool.open_tcp(origin)
+        try:
+            await channel.send(CONNECTION_ESTABLISHED)
+            prefix, _ = channel.conn.trailing_data
+            if prefix:
+                await upstream.send_all(prefix)
+            return len(prefix) + await splice(channel.stream, upstream)
+        finally:
+            await trio.aclose_forcefully(upstream)
+
+    def _handshake_failed(self, peer: str, host: str, cause: BaseException | None) -> None:
+        reason = cause.reason if isinstance(cause, ssl.SSLError) else None
+        if reason in CERT_REJECTED_ALERTS:
+            self.fallback_passthrough.add(host)
+            log.warning(
+                "%s rejected our certificate for %s (%s): tunnelling %s without interception "
+                "from now on",
+                peer,
+                host,
+                reason,
+                host,
+            )
+        else:
+            log.info("%s: TLS handshake for %s failed: %s", peer, host, cause)
+
+    # -- responses from the proxy itself -----------------------------------------------------
+
+    async def _admin(
+        self, channel: Channel, request: h11.Request, path: str, exchange: _Exchange
+    ) -> None:
+        await self._body_reader(channel)()
+        if request.method not in ADMIN_METHODS:
+            raise MethodNotAllowedError(f"{exchange.method} is not supported here")
+        if path == "/healthz":
+            await self._simple(channel, exchange, 200, b"ok\n", b"text/plain; charset=utf-8")
+        elif path == "/ca.pem":
+            await self._simple(channel, exchange, 200, self.ca.cert_pem, b"application/x-pem-file")
+        else:
+            body = f"transcache: no page {path!r}; try /healthz or /ca.pem\n".encode()
+            await self._simple(channel, exchange, 404, body, b"text/plain; charset=utf-8")
+
+    async def _simple(
+        self,
+        channel: Channel,
+        exchange: _Exchange,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        reason: bytes = b"",
+    ) -> None:
+        exchange.status = status
+        headers = [
+            (b"Content-Type", content_type),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Cache-Control", b"no-store"),
+        ]
+        await channel.send(h11.Response(status_code=status, headers=headers, reason=reason))
+        if exchange.method != "HEAD":
+            await channel.send(h11.Data(data=body))
+            exchange.bytes = len(body)
+        await channel.send(h11.EndOfMessage())
+
+    async def _reject(
+        self, channel: Channel, exchange: _Exchange, error: ProxyError, *, log_it: bool = True
+    ) -> None:
+        """Answer with the error's status and reason when a response can still be sent."""
+        exchange.status = error.status
+        if log_it:
+            self._log_access(exchange, None)
+        if channel.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        if error.status >= 500:
+            log.warning("%s %s: %s", exchange.method, exchange.url, error)
+        body = f"transcache: {error}\n".encode()
+        try:
+            await self._simple(
+                channel,
+                exchange,
+                error.status,
+                body,
+                b"text/plain; charset=utf-8",
+                error.reason.encode(),
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+
+    def _log_access(self, exchange: _Exchange, started: float | None) -> None:
+        elapsed = "-" if started is None else f"{(trio.current_time() - started) * 1000:.0f}ms"
+        access_log.info(
+            "%s %s %s %d %d %s %s",
+            exchange.peer,
+            exchange.method,
+            exchange.url,
+            exchange.status,
+            exchange.bytes,
+            elapsed,
+            exchange.cache,
+        )

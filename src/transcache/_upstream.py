@@ -1,0 +1,230 @@
+"""Connections to origins: a keep-alive pool per (scheme, host, port), TLS verified against the
+system roots plus configured extra CAs, and every transport or protocol failure translated once,
+here, into a ProxyError that says what went wrong (502 / 504).
+
+The pool decides state synchronously (take an idle connection, put one back) and does I/O
+outside those decisions; a connection goes back only when h11 says both sides finished the
+exchange cleanly. A reused connection that turns out to be dead before any response byte is
+replaced by a fresh one once, when the request has no body to replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import h11
+import trio
+
+from ._channel import Channel
+from ._config import Config
+from ._errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamTLSError
+from ._protocol import Headers, Origin
+
+BodyReader = Callable[[], Awaitable[bytes]]
+
+MAX_IDLE_PER_ORIGIN = 8
+# Origins commonly drop idle keep-alive connections after 60 s or more; stay under that.
+POOL_IDLE_SECONDS = 50.0
+
+
+def upstream_ssl_context(extra_cas: tuple[Path, ...]) -> ssl.SSLContext:
+    """Full verification against the system roots plus `extra_cas`; never switched off."""
+    context = ssl.create_default_context()
+    for path in extra_cas:
+        context.load_verify_locations(cafile=str(path))
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+@contextlib.contextmanager
+def translate_errors(origin: Origin) -> Iterator[None]:
+    """Map what trio, ssl, socket and h11 raise into one ProxyError naming the origin."""
+    where = f"{origin.host}:{origin.port}"
+    try:
+        yield
+    except ProxyError:
+        raise
+    except trio.TooSlowError:
+        raise UpstreamTimeoutError(f"{where} did not answer in time") from None
+    except socket.gaierror as exc:
+        raise UpstreamError(f"cannot resolve {origin.host}: {exc.strerror}") from None
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise UpstreamTLSError(
+                f"TLS verification failed for {where}: {cause.verify_message}"
+            ) from None
+        if isinstance(cause, ssl.SSLError):
+            raise UpstreamTLSError(f"TLS with {where} failed: {cause.reason or cause}") from None
+        raise UpstreamError(f"connection to {where} broke: {cause or exc}") from None
+    except trio.ClosedResourceError:
+        raise UpstreamError(f"connection to {where} was closed") from None
+    except h11.ProtocolError as exc:
+        raise UpstreamError(f"invalid HTTP response from {where}: {exc}") from None
+    except OSError as exc:
+        raise UpstreamError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+
+
+class _Connection:
+    def __init__(self, origin: Origin, stream: trio.abc.Stream) -> None:
+        self.origin = origin
+        self.channel = Channel(stream, h11.Connection(h11.CLIENT))
+        self.idle_since = trio.current_time()
+
+    @property
+    def reusable(self) -> bool:
+        conn = self.channel.conn
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.channel.stream)
+
+
+class UpstreamResponse:
+    """Response head from an origin, and its body read chunk by chunk."""
+
+    def __init__(self, pool: UpstreamPool, connection: _Connection, head: h11.Response) -> None:
+        self.status = head.status_code
+        self.reason = head.reason
+        self.headers: Headers = list(head.headers.raw_items())
+        self._pool = pool
+        self._connection: _Connection | None = connection
+
+    async def read(self) -> bytes:
+        """The next piece of the body; b"" at its end. Raises ProxyError on a broken body."""
+        connection = self._connection
+        if connection is None:
+            return b""
+        with translate_errors(connection.origin), trio.fail_after(self._pool.read_timeout):
+            event = await connection.channel.next_event()
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            await self.aclose()
+            return b""
+        await self.aclose()
+        raise UpstreamError(f"unexpected {type(event).__name__} from {connection.origin.host}")
+
+    async def aclose(self) -> None:
+        """Give the connection back if the exchange completed, else close it."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self._pool.release(connection)
+
+
+class UpstreamPool:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._ssl_context = upstream_ssl_context(config.upstream_ca)
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self.read_timeout = config.upstream_timeout
+
+    def _address(self, host: str, port: int) -> str:
+        return self._config.resolve.get((host, port), host)
+
+    async def open_tcp(self, origin: Origin) -> trio.SocketStream:
+        """A plain TCP connection to the origin (also used for passthrough tunnels)."""
+        with translate_errors(origin), trio.fail_after(self._config.connect_timeout):
+            return await trio.open_tcp_stream(self._address(origin.host, origin.port), origin.port)
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        stream: trio.abc.Stream = await self.open_tcp(origin)
+        if origin.scheme == "https":
+            tls = trio.SSLStream(
+                stream, self._ssl_context, server_hostname=origin.host, https_compatible=True
+            )
+            try:
+                with translate_errors(origin), trio.fail_after(self._config.connect_timeout):
+                    await tls.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            stream = tls
+        return _Connection(origin, stream)
+
+    def _take_idle(self, origin: Origin) -> tuple[_Connection | None, list[_Connection]]:
+        """Pop a usable idle connection; also return the expired ones for closing."""
+        idle = self._idle.get(origin, [])
+        expired: list[_Connection] = []
+        now = trio.current_time()
+        while idle:
+            connection = idle.pop()
+            if now - connection.idle_since < POOL_IDLE_SECONDS:
+                return connection, expired
+            expired.append(connection)
+        return None, expired
+
+    async def release(self, connection: _Connection) -> None:
+        idle = self._idle.setdefault(connection.origin, [])
+        if connection.reusable and len(idle) < MAX_IDLE_PER_ORIGIN:
+            connection.channel.conn.start_next_cycle()
+            connection.idle_since = trio.current_time()
+            idle.append(connection)
+        else:
+            await connection.aclose()
+
+    async def request(
+        self,
+        origin: Origin,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodyReader | None,
+    ) -> UpstreamResponse:
+        """Send one request and return once the response head has arrived.
+
+        `body` is called until it returns b""; errors it raises (the client's side) pass
+        through untranslated. Errors on the upstream side become ProxyError."""
+        connection, expired = self._take_idle(origin)
+        for stale in expired:
+            await stale.aclose()
+        if connection is not None:
+            try:
+                return await self._exchange(connection, method, target, headers, body)
+            except UpstreamTimeoutError:
+                raise
+            except UpstreamError:
+                if body is not None:
+                    raise
+                # The origin closed a pooled connection while it sat idle: try a fresh one.
+        return await self._exchange(await self._connect(origin), method, target, headers, body)
+
+    async def _exchange(
+        self,
+        connection: _Connection,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodyReader | None,
+    ) -> UpstreamResponse:
+        channel = connection.channel
+        origin = connection.origin
+        try:
+            with translate_errors(origin):
+                await channel.send(h11.Request(method=method, target=target, headers=headers))
+            if body is not None:
+                while chunk := await body():
+                    with translate_errors(origin):
+                        await channel.send(h11.Data(data=chunk))
+            with translate_errors(origin):
+                await channel.send(h11.EndOfMessage())
+                with trio.fail_after(self.read_timeout):
+                    event = await channel.next_event()
+                    while isinstance(event, h11.InformationalResponse):
+                        event = await channel.next_event()
+            if not isinstance(event, h11.Response):
+                raise UpstreamError(f"{origin.host} closed the connection without a response")
+        except BaseException:
+            await connection.aclose()
+            raise
+        return UpstreamResponse(self, connection, event)
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                await connection.aclose()
