@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from ._ca import CAError, CertificateAuthority
+from ._ca import CAError, CertificateAuthority, InvalidHostError
 from ._channel import Channel, PrefixedStream, splice
 from ._config import Config
 from ._errors import (
@@ -268,8 +268,10 @@ class ProxyServer:
                 return
             try:
                 context = self.ca.server_context(host)
-            except CAError as exc:
+            except InvalidHostError as exc:
                 raise BadRequestError(str(exc)) from None
+            except CAError as exc:
+                raise ProxyError(f"cannot mint a certificate for {host}: {exc}") from None
             await channel.send(CONNECTION_ESTABLISHED)
         except ProxyError as error:
             await self._reject(channel, exchange, error)

@@ -1,0 +1,125 @@
+"""`transcache run` as the end-to-end tests use it: a real subprocess on 127.0.0.1:0, started
+with the test origins' CA trusted upstream and `.test` names resolved to loopback.
+
+`ProxyProcess.start(...)` returns once the proxy printed its listening line; `env()` gives the
+variables a client needs (the proxy printed them; we take them from the same function), and
+`stop()` sends SIGTERM and expects a clean exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from transcache._env import client_environment
+
+LISTENING_PREFIX = "transcache listening on "
+STOP_TIMEOUT = 15.0
+
+
+class ProxyProcess:
+    def __init__(self, process: subprocess.Popen[str], url: str, workdir: Path) -> None:
+        self.process = process
+        self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
+        self.workdir = workdir
+        self.ca_dir = workdir / "ca"
+        self.ca_pem = self.ca_dir / "ca.pem"
+        self.bundle = self.ca_dir / "bundle.pem"
+        self.log_path = workdir / "proxy.log"
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        upstream_ca: Iterable[Path] = (),
+        resolve: Iterable[tuple[str, int]] = (),
+        args: Iterable[str] = (),
+    ) -> Self:
+        """Start `transcache run`; each (host, port) in `resolve` reaches 127.0.0.1."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "transcache",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-dir",
+            str(workdir / "ca"),
+            "--cache-dir",
+            str(workdir / "cache"),
+        ]
+        for path in upstream_ca:
+            command += ["--upstream-ca", str(path)]
+        for host, port in resolve:
+            command += ["--resolve", f"{host}:{port}:127.0.0.1"]
+        command += list(args)
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        # The proxy verifies origins against the system roots plus --upstream-ca only.
+        for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+            env.pop(name, None)
+        log = (workdir / "proxy.log").open("ab")
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        log.close()
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith(LISTENING_PREFIX):
+            process.kill()
+            process.wait()
+            log_text = (workdir / "proxy.log").read_text()
+            raise RuntimeError(f"proxy did not start: {line!r}\n{log_text}")
+        return cls(process, line[len(LISTENING_PREFIX) :].strip(), workdir)
+
+    def env(self) -> dict[str, str]:
+        """Proxy and CA variables for a client (both cases, as `transcache run` prints)."""
+        return client_environment(self.url, self.bundle, self.ca_pem)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident set size so far (VmHWM)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        if self.process.stdout:
+            self.process.stdout.close()
+        return self.process.returncode
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

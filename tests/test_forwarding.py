@@ -1,0 +1,129 @@
+"""curl through the proxy: https through CONNECT, plain http in absolute form, uploads,
+keep-alive, and the proxy's own pages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .clients import curl
+from .origin import Origin
+from .proxyproc import ProxyProcess
+
+
+def test_https_get_through_connect_returns_the_origin_body(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    origin.add_file("/hello.txt", b"hello from files.test\n", content_type="text/plain")
+    result = curl(proxied_env, origin.url("files.test", "/hello.txt"))
+    assert result.stdout == "hello from files.test\n"
+
+
+def test_upstream_sees_via_and_no_proxy_credentials(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    result = curl(
+        proxied_env,
+        "--proxy-user",
+        "ci:secret",
+        "--header",
+        "Authorization: Bearer for-the-origin",
+        origin.url("files.test", "/echo"),
+    )
+    seen = {k.lower(): v for k, v in json.loads(result.stdout)["headers"].items()}
+    assert seen["via"] == "1.1 transcache"
+    assert seen["authorization"] == "Bearer for-the-origin"
+    assert "proxy-authorization" not in seen
+    assert "proxy-connection" not in seen
+    assert seen["host"] == f"files.test:{origin.port}"
+
+
+def test_https_post_body_reaches_the_origin(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str], tmp_path: Path
+) -> None:
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(bytes(range(256)) * 4096)
+    result = curl(proxied_env, "--data-binary", f"@{payload}", origin.url("files.test", "/echo"))
+    echoed = json.loads(result.stdout)
+    assert echoed["method"] == "POST"
+    assert echoed["body_sha256"] == hashlib.sha256(payload.read_bytes()).hexdigest()
+
+
+def test_chunked_upload_is_forwarded_whole(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str], tmp_path: Path
+) -> None:
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"0123456789abcdef" * 200_000)
+    result = curl(
+        proxied_env,
+        "--header",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        f"@{payload}",
+        origin.url("files.test", "/echo"),
+    )
+    echoed = json.loads(result.stdout)
+    assert echoed["body_len"] == payload.stat().st_size
+    assert echoed["body_sha256"] == hashlib.sha256(payload.read_bytes()).hexdigest()
+    assert echoed["headers"].get("transfer-encoding") == "chunked"
+
+
+def test_plain_http_is_forwarded_in_absolute_form(
+    plain_origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    plain_origin.add_file("/plain.txt", b"over plain http\n")
+    get = curl(proxied_env, plain_origin.url("files.test", "/plain.txt"))
+    assert get.stdout == "over plain http\n"
+    post = curl(proxied_env, "--data", "x=1", plain_origin.url("files.test", "/echo"))
+    assert json.loads(post.stdout)["body_len"] == 3
+
+
+def test_one_tunnel_carries_several_requests(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    urls = [origin.url("files.test", f"/bytes/{n}") for n in (10, 20_000, 30)]
+    result = curl(
+        proxied_env,
+        "--write-out",
+        "%{num_connects} %{size_download}\n",
+        "--output",
+        "/dev/null",
+        "--output",
+        "/dev/null",
+        "--output",
+        "/dev/null",
+        *urls,
+    )
+    lines = result.stdout.split()
+    # curl opened one connection to the proxy (one tunnel) and reused it twice...
+    assert lines[0::2] == ["1", "0", "0"]
+    assert lines[1::2] == ["10", "20000", "30"]
+    # ...and the proxy used one pooled connection to the origin for all three.
+    assert origin.connections == 1
+
+
+def test_proxy_answers_healthz_and_serves_its_ca(
+    proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    health = curl(proxied_env, "--noproxy", "*", f"{proxy.url}/healthz")
+    assert health.stdout == "ok\n"
+    ca = curl(proxied_env, "--noproxy", "*", f"{proxy.url}/ca.pem")
+    assert ca.stdout == proxy.ca_pem.read_text()
+    missing = curl(
+        proxied_env, "--noproxy", "*", "--write-out", "%{http_code}", f"{proxy.url}/nope"
+    )
+    assert missing.stdout.endswith("404")
+
+
+def test_access_log_has_one_line_per_request(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    url = origin.url("files.test", "/bytes/1234")
+    curl(proxied_env, "--output", "/dev/null", url)
+    lines = [line for line in proxy.log.splitlines() if url in line]
+    assert len(lines) == 1
+    _date, client, method, logged_url, status, size, elapsed, cache = lines[0].split()
+    assert client.startswith("127.0.0.1:")
+    assert (method, logged_url, status, size, cache) == ("GET", url, "200", "1234", "-")
+    assert elapsed.endswith("ms")
