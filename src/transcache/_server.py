@@ -23,7 +23,7 @@ import h11
 import trio
 
 from ._ca import CAError, CertificateAuthority, InvalidHostError
-from ._channel import Channel, PrefixedStream, splice
+from ._channel import READ_SIZE, Channel, PrefixedStream, splice
 from ._config import Config
 from ._errors import (
     BadRequestError,
@@ -51,6 +51,11 @@ CERT_REJECTED_ALERTS = frozenset(
     {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN"}
 )
 ADMIN_METHODS = frozenset({b"GET", b"HEAD"})
+# After an error answer to a client still sending, read (and drop) what it sends for a while
+# before closing: closing with unread input makes the kernel send RST, which can destroy the
+# answer before the client reads it.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
 CONNECTION_ESTABLISHED = h11.Response(status_code=200, headers=[], reason=b"Connection established")
 
 
@@ -377,6 +382,8 @@ class ProxyServer:
                 b"text/plain; charset=utf-8",
                 error.reason.encode(),
             )
+            if channel.conn.their_state is not h11.DONE:
+                await _linger(channel.stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass
 
@@ -392,3 +399,12 @@ class ProxyServer:
             elapsed,
             exchange.cache,
         )
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    with trio.move_on_after(LINGER_SECONDS):
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        drained = 0
+        while drained < LINGER_BYTES and (data := await stream.receive_some(READ_SIZE)):
+            drained += len(data)

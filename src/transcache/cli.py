@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="time a client has to send a request head (default: %(default)s)",
     )
     run.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=Config.upstream_timeout,
+        metavar="SECONDS",
+        help="longest wait for an origin to answer or send more (default: %(default)s)",
+    )
+    run.add_argument(
         "--access-log",
         type=Path,
         metavar="FILE",
@@ -136,6 +143,7 @@ def _config_from(args: argparse.Namespace) -> Config:
         passthrough=tuple(args.passthrough),
         connect_ports=DEFAULT_CONNECT_PORTS | frozenset(args.connect_port),
         header_timeout=args.header_timeout,
+        upstream_timeout=args.upstream_timeout,
     )
 
 

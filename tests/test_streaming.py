@@ -1,0 +1,38 @@
+"""Bodies stream through the proxy with bounded memory: a 1 GiB download does not grow the
+proxy (a memory bound, never a timing), and streamed bytes arrive exactly as sent."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .clients import curl
+from .origin import Origin, pattern
+from .proxyproc import ProxyProcess
+
+GIB = 1024**3
+RSS_LIMIT = 150 * 1024 * 1024
+
+
+def test_one_gib_download_keeps_proxy_rss_under_150_mb(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    result = curl(
+        proxied_env,
+        "--output",
+        "/dev/null",
+        "--write-out",
+        "%{http_code} %{size_download}",
+        origin.url("files.test", f"/bytes/{GIB}"),
+    )
+    assert result.stdout == f"200 {GIB}"
+    assert proxy.peak_rss_bytes() < RSS_LIMIT
+
+
+def test_chunked_response_arrives_byte_exact(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str], tmp_path: Path
+) -> None:
+    size = 5 * 1024 * 1024 + 17
+    out = tmp_path / "body"
+    curl(proxied_env, "--output", str(out), origin.url("files.test", f"/chunked/{size}"))
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(pattern(size)).digest()
