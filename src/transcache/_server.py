@@ -105,12 +105,8 @@ class ProxyServer:
         finally:
             await self.pool.aclose()
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        try:
-            host, port = stream.socket.getpeername()[:2]
-            peer = f"{host}:{port}"
-        except OSError:
-            peer = "-"
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        peer = _peer_name(stream)
         try:
             await self._serve_http(stream, peer, tunnel=None)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -408,3 +404,13 @@ async def _linger(stream: trio.abc.Stream) -> None:
         drained = 0
         while drained < LINGER_BYTES and (data := await stream.receive_some(READ_SIZE)):
             drained += len(data)
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    if not isinstance(stream, trio.SocketStream):
+        return "-"
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "-"
+    return f"{host}:{port}"
