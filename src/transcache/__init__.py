@@ -2,5 +2,6 @@
 
 from ._config import Config
 from ._errors import ProxyError
+from .api import Proxy, RunningProxy, open_proxy
 
-__all__ = ["Config", "ProxyError"]
+__all__ = ["Config", "Proxy", "ProxyError", "RunningProxy", "open_proxy"]

@@ -15,10 +15,7 @@ import trio
 from . import _paths
 from ._ca import CAError, CertificateAuthority
 from ._config import DEFAULT_CONNECT_PORTS, DEFAULT_PORT, Config, parse_resolve
-from ._env import client_environment, write_bundle
-from ._server import ProxyServer
-
-BUNDLE_NAME = "bundle.pem"
+from .api import RunningProxy, open_proxy
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -165,40 +162,29 @@ def _setup_logging(access_log: Path | None) -> None:
     access.addHandler(handler)
 
 
-def _print_start(server: ProxyServer, bundle: Path) -> None:
-    host, port = server.address
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}"
-    print(f"transcache listening on {url}")
+def _print_start(running: RunningProxy) -> None:
+    print(f"transcache listening on {running.url}")
     print("# route clients through it (e.g. paste into your shell):")
-    for name, value in client_environment(url, bundle, server.ca.cert_path).items():
+    for name, value in running.env.items():
         print(f"export {name}={shlex.quote(value)}")
     sys.stdout.flush()
 
 
-async def _run(config: Config, ca: CertificateAuthority, bundle: Path) -> None:
-    server = ProxyServer(config, ca)
-    # Listen before any nursery opens, so a busy port surfaces as a plain OSError.
-    listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve, listeners)
-        _print_start(server, bundle)
+async def _run(config: Config) -> None:
+    async with open_proxy(config) as running:
+        _print_start(running)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                logging.getLogger("transcache").info(
-                    "%s received, stopping", signal.Signals(signum).name
-                )
-                nursery.cancel_scope.cancel()
+                name = signal.Signals(signum).name
+                logging.getLogger("transcache").info("%s received, stopping", name)
                 break
 
 
 def _command_run(args: argparse.Namespace) -> int:
     config = _config_from(args)
     _setup_logging(args.access_log)
-    ca = CertificateAuthority.load_or_create(config.ca_dir)
-    bundle = write_bundle(config.ca_dir / BUNDLE_NAME, ca.cert_pem)
     try:
-        trio.run(_run, config, ca, bundle)
+        trio.run(_run, config)
     except OSError as exc:
         host, port = args.listen
         print(f"transcache: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)

@@ -1,0 +1,179 @@
+"""Embedding: run a proxy inside a trio program (`open_proxy`) or, from synchronous code, in a
+background thread with its own trio loop (`Proxy`). Both give the URL, the CA and the
+environment a subprocess needs to go through the proxy."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import trio
+
+from ._ca import CertificateAuthority
+from ._config import DEFAULT_CONNECT_PORTS, Config, parse_resolve
+from ._env import client_environment, write_bundle
+from ._server import ProxyServer
+
+BUNDLE_NAME = "bundle.pem"
+
+
+def make_config(**options: Any) -> Config:
+    """A Config from keyword options named as the `transcache run` flags (snake_case).
+
+    `resolve` takes curl-style "HOST:PORT:ADDR" strings or a mapping {(host, port): addr};
+    `listen` takes "HOST:PORT"; paths may be str; `connect_ports` adds to 443."""
+    known = {f.name for f in fields(Config)}
+    listen = options.pop("listen", "127.0.0.1:0")
+    host, _, port = str(listen).rpartition(":")
+    options.setdefault("listen_host", host.strip("[]"))
+    options.setdefault("listen_port", int(port))
+    resolve = options.pop("resolve", ())
+    if isinstance(resolve, Mapping):
+        options["resolve"] = {(h.lower(), int(p)): a for (h, p), a in resolve.items()}
+    else:
+        options["resolve"] = dict(parse_resolve(spec) for spec in resolve)
+    for name in ("ca_dir", "cache_dir"):
+        if name in options:
+            options[name] = Path(options[name]).absolute()
+    if "upstream_ca" in options:
+        options["upstream_ca"] = tuple(Path(p) for p in _as_tuple(options["upstream_ca"]))
+    if "passthrough" in options:
+        options["passthrough"] = tuple(_as_tuple(options["passthrough"]))
+    if "connect_ports" in options:
+        options["connect_ports"] = DEFAULT_CONNECT_PORTS | frozenset(options["connect_ports"])
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown proxy options: {', '.join(sorted(unknown))}")
+    return Config(**options)
+
+
+def _as_tuple(value: str | Path | Iterable[Any]) -> tuple[Any, ...]:
+    return (value,) if isinstance(value, str | Path) else tuple(value)
+
+
+@dataclass(frozen=True)
+class RunningProxy:
+    """A proxy that accepts connections: where it is, and what clients need to use it."""
+
+    url: str
+    ca_path: Path
+    bundle_path: Path
+    server: ProxyServer
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Proxy and CA variables for a subprocess (merge them into os.environ's copy)."""
+        return client_environment(self.url, self.bundle_path, self.ca_path)
+
+
+def _start_ca(config: Config) -> tuple[CertificateAuthority, Path]:
+    ca = CertificateAuthority.load_or_create(config.ca_dir)
+    return ca, write_bundle(config.ca_dir / BUNDLE_NAME, ca.cert_pem)
+
+
+def proxy_url(server: ProxyServer) -> str:
+    host, port = server.address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@asynccontextmanager
+async def open_proxy(config: Config | None = None, **options: Any) -> AsyncIterator[RunningProxy]:
+    """Serve a proxy for the duration of the block (trio). Pass a Config, or options as
+    `make_config` takes them. Raises OSError (unwrapped) when it cannot listen."""
+    if config is None:
+        config = make_config(**options)
+    elif options:
+        raise TypeError("pass either a Config or keyword options, not both")
+    ca, bundle = _start_ca(config)
+    server = ProxyServer(config, ca)
+    listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, listeners)
+        yield RunningProxy(proxy_url(server), ca.cert_path, bundle, server)
+        nursery.cancel_scope.cancel()
+
+
+class Proxy:
+    """`open_proxy` for synchronous code: the proxy runs in a background thread with its own
+    trio loop; entering returns once it accepts connections, leaving stops it and joins the
+    thread."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._thread: threading.Thread | None = None
+        self._running: RunningProxy | None = None
+        self._error: BaseException | None = None
+        self._started = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+
+    @property
+    def running(self) -> RunningProxy:
+        if self._running is None:
+            raise RuntimeError("the proxy is not running")
+        return self._running
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.running.env
+
+    @property
+    def ca_path(self) -> Path:
+        return self.running.ca_path
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with open_proxy(**self._options) as running:
+            self._running = running
+            self._started.set()
+            await self._stop.wait()
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._started.set()
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._thread_main, name="transcache", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._token is not None and self._stop is not None:
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
+        self._thread = None
+        self._running = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
