@@ -127,3 +127,14 @@ def test_access_log_has_one_line_per_request(
     assert client.startswith("127.0.0.1:")
     assert (method, logged_url, status, size, cache) == ("GET", url, "200", "1234", "-")
     assert elapsed.endswith("ms")
+
+
+def test_admin_host_is_answered_by_the_proxy_through_connect(
+    proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    # transcache.invalid never resolves: only a client that uses the proxy and trusts its CA
+    # gets an answer (what `transcache doctor` relies on).
+    result = curl(proxied_env, "https://transcache.invalid/healthz")
+    assert result.stdout == "ok\n"
+    plain = curl(proxied_env, "http://transcache.invalid/healthz")
+    assert plain.stdout == "ok\n"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h11
@@ -51,6 +52,13 @@ CERT_REJECTED_ALERTS = frozenset(
     {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN"}
 )
 ADMIN_METHODS = frozenset({b"GET", b"HEAD"})
+# A name that never resolves (RFC 6761 .invalid): a client reaches it only through the proxy,
+# which answers it itself, so fetching https://transcache.invalid/healthz proves a client
+# uses the proxy and trusts its CA.
+ADMIN_HOST = "transcache.invalid"
+TEXT_PLAIN = b"text/plain; charset=utf-8"
+# An admin page: server -> (status, content type, body).
+AdminPage = Callable[["ProxyServer"], tuple[int, bytes, bytes]]
 # After an error answer to a client still sending, read (and drop) what it sends for a while
 # before closing: closing with unread input makes the kernel send RST, which can destroy the
 # answer before the client reads it.
@@ -79,6 +87,12 @@ class ProxyServer:
         # Hosts whose clients rejected our leaf: tunnelled blind from then on.
         self.fallback_passthrough: set[str] = set()
         self.listeners: list[trio.SocketListener] = []
+        # The proxy's own pages, by path: served to origin-form requests and to requests for
+        # ADMIN_HOST (directly or through CONNECT, which then needs our CA: a trust check).
+        self.admin_pages: dict[str, AdminPage] = {
+            "/healthz": lambda server: (200, TEXT_PLAIN, b"ok\n"),
+            "/ca.pem": lambda server: (200, b"application/x-pem-file", server.ca.cert_pem),
+        }
 
     @property
     def address(self) -> tuple[str, int]:
@@ -175,7 +189,7 @@ class ProxyServer:
         try:
             target = parse_target(request.target)
             origin = target.origin or tunnel
-            if origin is None:
+            if origin is None or origin.host == ADMIN_HOST:
                 exchange.url = target.path
                 await self._admin(channel, request, target.path, exchange)
             else:
@@ -256,11 +270,13 @@ class ProxyServer:
         started = trio.current_time()
         try:
             host, port = parse_authority(request.target)
-            if not self.config.connect_allowed(port):
+            if not self.config.connect_allowed(port) and host != ADMIN_HOST:
                 raise ForbiddenError(f"CONNECT to port {port} is not allowed")
             origin = Origin("https", host, port)
             await self._body_reader(channel)()  # CONNECT carries no body
-            if self.config.is_passthrough(host) or host in self.fallback_passthrough:
+            if host != ADMIN_HOST and (
+                self.config.is_passthrough(host) or host in self.fallback_passthrough
+            ):
                 exchange.status = 200
                 try:
                     exchange.bytes = await self._tunnel(channel, origin)
@@ -328,13 +344,13 @@ class ProxyServer:
         await self._body_reader(channel)()
         if request.method not in ADMIN_METHODS:
             raise MethodNotAllowedError(f"{exchange.method} is not supported here")
-        if path == "/healthz":
-            await self._simple(channel, exchange, 200, b"ok\n", b"text/plain; charset=utf-8")
-        elif path == "/ca.pem":
-            await self._simple(channel, exchange, 200, self.ca.cert_pem, b"application/x-pem-file")
-        else:
+        page = self.admin_pages.get(path.partition("?")[0])
+        if page is None:
             body = f"transcache: no page {path!r}; try /healthz or /ca.pem\n".encode()
-            await self._simple(channel, exchange, 404, body, b"text/plain; charset=utf-8")
+            await self._simple(channel, exchange, 404, body, TEXT_PLAIN)
+            return
+        status, content_type, body = page(self)
+        await self._simple(channel, exchange, status, body, content_type)
 
     async def _simple(
         self,
@@ -375,7 +391,7 @@ class ProxyServer:
                 exchange,
                 error.status,
                 body,
-                b"text/plain; charset=utf-8",
+                TEXT_PLAIN,
                 error.reason.encode(),
             )
             if channel.conn.their_state is not h11.DONE:

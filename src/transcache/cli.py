@@ -171,9 +171,11 @@ def _print_start(running: RunningProxy) -> None:
 
 
 async def _run(config: Config) -> None:
-    async with open_proxy(config) as running:
-        _print_start(running)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Signals are caught before the listening line is printed: whoever waits for that line
+    # may stop us right after it.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_proxy(config) as running:
+            _print_start(running)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 logging.getLogger("transcache").info("%s received, stopping", name)
