@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -92,6 +93,16 @@ class ProxyProcess:
     @property
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def log_lines(self, needle: str, count: int = 1, timeout: float = 10.0) -> list[str]:
+        """Log lines containing `needle`, once there are `count` of them: the proxy writes
+        an access line just after the response's last byte, so a client can be faster."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log.splitlines() if needle in line]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
 
     def peak_rss_bytes(self) -> int:
         """The process's peak resident set size so far (VmHWM)."""

@@ -121,11 +121,11 @@ def test_access_log_has_one_line_per_request(
 ) -> None:
     url = origin.url("files.test", "/bytes/1234")
     curl(proxied_env, "--output", "/dev/null", url)
-    lines = [line for line in proxy.log.splitlines() if url in line]
+    lines = proxy.log_lines(url)
     assert len(lines) == 1
     _date, client, method, logged_url, status, size, elapsed, cache = lines[0].split()
     assert client.startswith("127.0.0.1:")
-    assert (method, logged_url, status, size, cache) == ("GET", url, "200", "1234", "-")
+    assert (method, logged_url, status, size, cache) == ("GET", url, "200", "1234", "miss")
     assert elapsed.endswith("ms")
 
 

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _paths
+from ._policy import Rule
 
 DEFAULT_PORT = 8797
 DEFAULT_CONNECT_PORTS = frozenset({443})
+DEFAULT_MAX_SIZE = 10 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,13 @@ class Config:
     upstream_timeout: float = 120.0
     # Largest request head accepted (a larger one gets 431).
     max_header_bytes: int = 64 * 1024
+    # The cache: off entirely with cache=False; bounded at max_size bytes (LRU eviction).
+    cache: bool = True
+    max_size: int = DEFAULT_MAX_SIZE
+    # Answer only from the cache: a miss is a 504 naming the URL.
+    offline: bool = False
+    # Freshness rules, tried in order before the built-in URL-shape defaults.
+    rules: tuple[Rule, ...] = ()
 
     def is_passthrough(self, host: str) -> bool:
         return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in self.passthrough)

@@ -50,3 +50,10 @@ class UpstreamTLSError(UpstreamError):
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     reason = "Gateway Timeout"
+
+
+class OfflineMissError(ProxyError):
+    """Offline (or only-if-cached) and the response is not in the cache."""
+
+    status = 504
+    reason = "Gateway Timeout"

@@ -132,7 +132,7 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def _drop_connection_fields(headers: Headers) -> Headers:
+def drop_connection_fields(headers: Headers) -> Headers:
     listed = set(HOP_BY_HOP)
     for key, value in headers:
         if key.lower() == b"connection":
@@ -153,7 +153,7 @@ def request_headers_for_upstream(headers: Headers, origin: Origin) -> Headers:
         header_value(headers, b"transfer-encoding") is not None
     ):
         framing = [(b"Transfer-Encoding", b"chunked")]
-    kept = [(k, v) for k, v in _drop_connection_fields(headers) if k.lower() != b"host"]
+    kept = [(k, v) for k, v in drop_connection_fields(headers) if k.lower() != b"host"]
     return _append_via([(b"Host", origin.authority.encode()), *kept, *framing])
 
 
@@ -164,4 +164,4 @@ def response_headers_for_client(headers: Headers) -> Headers:
         header_value(headers, b"transfer-encoding") is not None
     ):
         framing = [(b"Transfer-Encoding", b"chunked")]
-    return _append_via([*_drop_connection_fields(headers), *framing])
+    return _append_via([*drop_connection_fields(headers), *framing])

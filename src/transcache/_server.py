@@ -24,6 +24,7 @@ import h11
 import trio
 
 from ._ca import CAError, CertificateAuthority, InvalidHostError
+from ._cache import Cache, Outcome, ResponseSource
 from ._channel import READ_SIZE, Channel, PrefixedStream, splice
 from ._config import Config
 from ._errors import (
@@ -31,9 +32,11 @@ from ._errors import (
     ForbiddenError,
     HeadersTooLargeError,
     MethodNotAllowedError,
+    OfflineMissError,
     ProxyError,
     RequestTimeoutError,
 )
+from ._policy import request_bypasses_cache
 from ._protocol import (
     Origin,
     header_value,
@@ -42,6 +45,7 @@ from ._protocol import (
     request_headers_for_upstream,
     response_headers_for_client,
 )
+from ._store import Store
 from ._upstream import BodyReader, UpstreamPool
 
 log = logging.getLogger("transcache")
@@ -80,10 +84,13 @@ class _Exchange:
 
 
 class ProxyServer:
-    def __init__(self, config: Config, ca: CertificateAuthority) -> None:
+    def __init__(
+        self, config: Config, ca: CertificateAuthority, store: Store | None = None
+    ) -> None:
         self.config = config
         self.ca = ca
         self.pool = UpstreamPool(config)
+        self.cache = Cache(config, store, self.pool) if store is not None else None
         # Hosts whose clients rejected our leaf: tunnelled blind from then on.
         self.fallback_passthrough: set[str] = set()
         self.listeners: list[trio.SocketListener] = []
@@ -114,6 +121,8 @@ class ProxyServer:
         self.listeners = listeners
         try:
             async with trio.open_nursery() as nursery:
+                if self.cache is not None:
+                    await nursery.start(self.cache.run)
                 await nursery.start(trio.serve_listeners, self.handle, listeners)
                 task_status.started(self)
         finally:
@@ -238,7 +247,21 @@ class ProxyServer:
             await read_body()  # h11's EndOfMessage, already buffered
         if channel.conn.they_are_waiting_for_100_continue:
             await channel.send(h11.InformationalResponse(status_code=100, headers=[]))
-        response = await self.pool.request(origin, request.method, path.encode(), headers, body)
+        response: ResponseSource
+        if (
+            self.cache is not None
+            and body is None
+            and not request_bypasses_cache(request.method, raw)
+        ):
+            outcome = Outcome()
+            try:
+                response = await self.cache.respond(request.method, origin, path, raw, outcome)
+            finally:
+                exchange.cache = outcome.label
+        elif self.config.offline:
+            raise OfflineMissError(f"offline: {exchange.url} cannot be answered from the cache")
+        else:
+            response = await self.pool.request(origin, request.method, path.encode(), headers, body)
         try:
             exchange.status = response.status
             await channel.send(

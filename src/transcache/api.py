@@ -18,6 +18,7 @@ from ._ca import CertificateAuthority
 from ._config import DEFAULT_CONNECT_PORTS, Config, parse_resolve
 from ._env import client_environment, write_bundle
 from ._server import ProxyServer
+from ._store import Store
 
 BUNDLE_NAME = "bundle.pem"
 
@@ -82,16 +83,24 @@ def proxy_url(server: ProxyServer) -> str:
 
 
 @asynccontextmanager
-async def open_proxy(config: Config | None = None, **options: Any) -> AsyncIterator[RunningProxy]:
+async def open_proxy(
+    config: Config | None = None,
+    *,
+    listeners: list[trio.SocketListener] | None = None,
+    **options: Any,
+) -> AsyncIterator[RunningProxy]:
     """Serve a proxy for the duration of the block (trio). Pass a Config, or options as
-    `make_config` takes them. Raises OSError (unwrapped) when it cannot listen."""
+    `make_config` takes them; `listeners` (e.g. from socket activation) replace the listening
+    address. Raises OSError (unwrapped) when it cannot listen."""
     if config is None:
         config = make_config(**options)
     elif options:
         raise TypeError("pass either a Config or keyword options, not both")
     ca, bundle = _start_ca(config)
-    server = ProxyServer(config, ca)
-    listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+    store = Store(config.cache_dir, config.max_size) if config.cache else None
+    server = ProxyServer(config, ca, store)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
         yield RunningProxy(proxy_url(server), ca.cert_path, bundle, server)

@@ -1,0 +1,608 @@
+"""The caching layer between the server and the upstream pool.
+
+For each cacheable request (GET or HEAD without a body) `Cache.respond` decides, with the pure
+rules in `_policy`, between:
+
+- a fresh hit: answered from the stored body (HEAD, Range and the client's own conditionals
+  handled here, never re-encoded);
+- a stale entry: a conditional request upstream; 304 refreshes the stored head and serves the
+  body, 200 replaces it; an unreachable origin (or offline mode) serves the stale copy;
+- a miss: a single flight. The first asker sends the request; when a storable response head
+  arrives, a background task (owned by the server's nursery, so it survives the asker hanging
+  up) writes the body into a temp file while it hashes it. Every asker, the first included,
+  reads that growing file from its own offset, waking whenever more bytes land, so a late
+  joiner gets its first byte at once, not when the download ends. The body is published
+  atomically when complete; an upstream failure discards it and cuts every reader short.
+  If the disk fails mid-way the flight keeps going and feeds its readers from memory instead,
+  so clients still get whole responses, and nothing is published.
+- anything not storable streams straight through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from . import _policy as policy
+from ._channel import READ_SIZE
+from ._config import Config
+from ._errors import OfflineMissError, ProxyError, UpstreamError
+from ._protocol import (
+    Headers,
+    Origin,
+    drop_connection_fields,
+    header_value,
+    request_headers_for_upstream,
+)
+from ._store import BodyWriter, Entry, Store, now
+from ._upstream import UpstreamPool, UpstreamResponse
+
+log = logging.getLogger("transcache.cache")
+
+# Chunks a reader may fall behind a flight that lost its disk, before the flight waits for it.
+LIVE_BUFFER_CHUNKS = 16
+COUNTER_FLUSH_SECONDS = 5.0
+
+
+class ResponseSource(Protocol):
+    """What the server streams to a client: a head, then body pieces until b""."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+
+    async def read(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """What the access log and the counters learn about one cached exchange."""
+
+    label: str = "-"
+
+
+# -- responses served from a stored body ----------------------------------------------------
+
+
+class StoredResponse:
+    """A response whose body is (part of) a stored blob, read straight from disk."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        entry: Entry | None,
+        start: int = 0,
+        length: int = 0,
+        store: Store | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self._store = store
+        self._fd = -1
+        self._position = start
+        self._remaining = length
+        if entry is not None and length:
+            # Opened now: an eviction after this point cannot take the body away.
+            self._fd = os.open(entry.body_path, os.O_RDONLY)
+
+    async def read(self) -> bytes:
+        if self._remaining <= 0:
+            await self.aclose()
+            return b""
+        data = os.pread(self._fd, min(READ_SIZE, self._remaining), self._position)
+        if not data:
+            await self.aclose()
+            raise UpstreamError("stored body ended early")
+        self._position += len(data)
+        self._remaining -= len(data)
+        if self._store is not None:
+            self._store.count("bytes_from_cache", len(data))
+        return data
+
+    async def aclose(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# -- single flight --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Flight:
+    """One upstream download in progress, shared by everyone who asks for it."""
+
+    key: str
+    variant: str
+    head_ready: trio.Event = field(default_factory=trio.Event)
+    storable: bool = False
+    status: int = 0
+    reason: bytes = b""
+    headers: Headers = field(default_factory=list)
+    path: str = ""
+    written: int = 0
+    finished: bool = False
+    error: str | None = None
+    spilled: bool = False
+    readers: set[FlightReader] = field(default_factory=set)
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    def notify(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    async def wait(self) -> None:
+        await self._changed.wait()
+
+
+class FlightReader:
+    """One client's view of a flight: the temp file from offset 0, then live chunks if the
+    flight lost its disk."""
+
+    def __init__(self, flight: Flight, headers: Headers, head_only: bool) -> None:
+        self.status = flight.status
+        self.reason = flight.reason
+        self.headers = headers
+        self._flight = flight
+        self._position = 0
+        self._head_only = head_only
+        self._fd = os.open(flight.path, os.O_RDONLY)
+        self._live_send, self._live = trio.open_memory_channel[bytes](LIVE_BUFFER_CHUNKS)
+        flight.readers.add(self)
+
+    async def read(self) -> bytes:
+        flight = self._flight
+        if self._head_only:
+            return b""
+        while True:
+            if self._position < flight.written:
+                size = min(READ_SIZE, flight.written - self._position)
+                data = os.pread(self._fd, size, self._position)
+                self._position += len(data)
+                return data
+            if flight.spilled:
+                try:
+                    return await self._live.receive()
+                except trio.EndOfChannel:
+                    pass
+            if flight.finished or flight.spilled:
+                if flight.error is not None:
+                    raise UpstreamError(flight.error)
+                return b""
+            await flight.wait()
+
+    async def aclose(self) -> None:
+        self._flight.readers.discard(self)
+        self._live.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Cache:
+    def __init__(self, config: Config, store: Store, pool: UpstreamPool) -> None:
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.rules = (*config.rules, *policy.DEFAULT_RULES)
+        self._flights: dict[str, Flight] = {}
+        self._nursery: trio.Nursery | None = None
+        self._evicting = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background downloads and flush counters until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while True:
+                    await trio.sleep(COUNTER_FLUSH_SECONDS)
+                    self.store.flush_counters()
+        finally:
+            self._nursery = None
+            self.store.close()
+
+    # -- the decision -----------------------------------------------------------------------
+
+    async def respond(
+        self, method: bytes, origin: Origin, path: str, client_headers: Headers, outcome: Outcome
+    ) -> ResponseSource:
+        url = origin.url(path)
+        rule = policy.rule_for(url, self.rules)
+        partition = policy.credential_partition(client_headers, None)
+        key = policy.primary_key(url, partition)
+        entry = self._lookup(key, client_headers)
+        if entry is None and partition:
+            public = self._lookup(policy.primary_key(url, ""), client_headers)
+            if public is not None and "public" in policy.parse_cache_control(public.headers):
+                entry = public
+        head_only = method == b"HEAD"
+
+        if entry is not None:
+            age = policy.current_age(entry.headers, entry.request_time, entry.response_time, now())
+            lifetime = policy.freshness_lifetime(entry.headers, rule)
+            immutable = lifetime == float("inf")
+            revalidate = policy.client_wants_revalidation(client_headers) and not immutable
+            if age < lifetime and not revalidate:
+                return self._hit(entry, client_headers, head_only, age, outcome, "hit")
+            if self.config.offline:
+                return self._hit(entry, client_headers, head_only, age, outcome, "offline")
+            return await self._revalidate(
+                entry, origin, path, client_headers, head_only, rule, key, outcome
+            )
+
+        if self.config.offline or "only-if-cached" in policy.parse_cache_control(client_headers):
+            self.store.count("offline_misses")
+            raise OfflineMissError(f"offline: {url} is not in the cache")
+        if head_only or header_value(client_headers, b"range") is not None:
+            # Forwarded as asked; a full download starts (or continues) behind it so the
+            # next request hits.
+            if not head_only and self._nursery is not None and key not in self._flights:
+                self._nursery.start_soon(self._prefetch, origin, path, client_headers, key, rule)
+            return await self._forward(origin, method, path, client_headers, outcome, "miss")
+        return await self._miss(origin, path, client_headers, key, rule, outcome)
+
+    def _lookup(self, key: str, client_headers: Headers) -> Entry | None:
+        index = self.store.read_meta(key)
+        if index is None:
+            return None
+        fields = tuple(index.get("vary", ()))
+        return self.store.get(key + "\n" + policy.variant_key(fields, client_headers))
+
+    # -- hits -------------------------------------------------------------------------------
+
+    def _hit(
+        self,
+        entry: Entry,
+        client_headers: Headers,
+        head_only: bool,
+        age: float,
+        outcome: Outcome,
+        label: str,
+        cache_status: bytes | None = None,
+    ) -> StoredResponse:
+        outcome.label = label
+        self.store.count("hits")
+        if entry.kind == "git":
+            self.store.count("git_hits")
+            self.store.count("git_bytes_from_cache", entry.size)
+        self.store.touch(entry)
+        status_value = cache_status or policy.cache_status(
+            "hit", detail="offline" if label == "offline" else None
+        )
+        common: Headers = [
+            (b"Age", str(int(age)).encode()),
+            (b"Cache-Status", status_value),
+        ]
+        if policy.not_modified_for_client(client_headers, entry.headers):
+            headers = policy.not_modified_headers(entry.headers) + common
+            return StoredResponse(304, b"Not Modified", headers, None)
+        base = [
+            (k, v)
+            for k, v in entry.headers
+            if k.lower() not in (b"content-length", b"age", b"accept-ranges", b"content-range")
+        ]
+        base += [(b"Accept-Ranges", b"bytes"), *common]
+        try:
+            span = policy.parse_range(client_headers, entry.headers, entry.size)
+        except policy.Unsatisfiable:
+            headers = [
+                *base,
+                (b"Content-Range", f"bytes */{entry.size}".encode()),
+                (b"Content-Length", b"0"),
+            ]
+            return StoredResponse(416, b"Range Not Satisfiable", headers, None)
+        if span is None or entry.status != 200:
+            headers = [*base, (b"Content-Length", str(entry.size).encode())]
+            length = 0 if head_only else entry.size
+            return StoredResponse(entry.status, entry.reason, headers, entry, 0, length, self.store)
+        start, end = span
+        headers = [
+            *base,
+            (b"Content-Range", f"bytes {start}-{end}/{entry.size}".encode()),
+            (b"Content-Length", str(end - start + 1).encode()),
+        ]
+        length = 0 if head_only else end - start + 1
+        return StoredResponse(206, b"Partial Content", headers, entry, start, length, self.store)
+
+    # -- revalidation ------------------------------------------------------------------------
+
+    async def _revalidate(
+        self,
+        entry: Entry,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        head_only: bool,
+        rule: policy.Rule | None,
+        key: str,
+        outcome: Outcome,
+    ) -> ResponseSource:
+        headers = request_headers_for_upstream(
+            policy.without_conditionals(client_headers) + policy.conditional_headers(entry.headers),
+            origin,
+        )
+        request_time = now()
+        try:
+            response = await self.pool.request(origin, b"GET", path.encode(), headers, None)
+        except UpstreamError as error:
+            log.warning("%s: serving stale copy: %s", origin.url(path), error)
+            age = policy.current_age(entry.headers, entry.request_time, entry.response_time, now())
+            status = policy.cache_status("stale", detail="upstream-unreachable")
+            return self._hit(entry, client_headers, head_only, age, outcome, "stale", status)
+        self.store.count("revalidations")
+        if response.status == 304:
+            await response.aclose()
+            entry.headers = policy.merge_not_modified(entry.headers, _stored_headers(response))
+            entry.request_time, entry.response_time = request_time, now()
+            try:
+                self.store.update_headers(entry)
+            except OSError as exc:
+                log.warning("cannot refresh cached head for %s: %s", entry.url, exc)
+            status = policy.cache_status("stale", fwd_status=304)
+            return self._hit(entry, client_headers, head_only, 0, outcome, "revalidated", status)
+        # Changed (or an error): this is a new response to store or pass on.
+        return await self._store_or_stream(
+            response, origin, path, client_headers, key, rule, outcome, request_time, head_only
+        )
+
+    # -- misses ------------------------------------------------------------------------------
+
+    async def _miss(
+        self,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        key: str,
+        rule: policy.Rule | None,
+        outcome: Outcome,
+    ) -> ResponseSource:
+        flight = self._flights.get(key)
+        if flight is not None:
+            await flight.head_ready.wait()
+            joinable = flight.storable and not (flight.finished or flight.spilled)
+            if joinable and flight.variant == policy.variant_key(
+                _vary(flight.headers), client_headers
+            ):
+                try:
+                    reader = self._reader(flight, client_headers, "miss", collapsed=True)
+                except FileNotFoundError:
+                    pass  # published a moment ago; fetch it ourselves
+                else:
+                    outcome.label = "collapsed"
+                    self.store.count("misses")
+                    return reader
+        request_time = now()
+        headers = request_headers_for_upstream(policy.without_conditionals(client_headers), origin)
+        response = await self.pool.request(origin, b"GET", path.encode(), headers, None)
+        return await self._store_or_stream(
+            response, origin, path, client_headers, key, rule, outcome, request_time, False
+        )
+
+    async def _store_or_stream(
+        self,
+        response: UpstreamResponse,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        key: str,
+        rule: policy.Rule | None,
+        outcome: Outcome,
+        request_time: float,
+        head_only: bool,
+    ) -> ResponseSource:
+        self.store.count("misses")
+        stored_headers = _stored_headers(response)
+        if policy.credential_partition(client_headers, stored_headers) == "":
+            key = policy.primary_key(origin.url(path), "")  # public: shareable
+        reason = policy.not_storable_reason(response.status, client_headers, stored_headers, rule)
+        if reason is None and key in self._flights:
+            reason = "in-flight"  # someone else is storing this key right now
+        writer = None
+        if reason is None and self._nursery is not None:
+            try:
+                writer = self.store.begin()
+            except OSError as exc:
+                log.warning("cannot store %s: %s", origin.url(path), exc)
+                reason = "storage"
+        if writer is None or self._nursery is None:
+            outcome.label = "miss"
+            status = policy.cache_status("miss", fwd_status=response.status, detail=reason)
+            return _Annotated(response, [(b"Cache-Status", status)])
+        if header_value(response.headers, b"content-length") is not None:
+            stored_headers.append(
+                (b"Content-Length", header_value(response.headers, b"content-length") or b"0")
+            )
+        vary = policy.vary_fields(stored_headers) or ()
+        flight = Flight(key, policy.variant_key(vary, client_headers))
+        flight.storable = True
+        flight.status, flight.reason, flight.headers = (
+            response.status,
+            response.reason,
+            stored_headers,
+        )
+        flight.path = str(writer.path)
+        self._flights[key] = flight
+        flight.head_ready.set()
+        self._nursery.start_soon(
+            self._download, flight, response, writer, origin.url(path), request_time, vary
+        )
+        outcome.label = "miss"
+        return self._reader(flight, client_headers, "miss", head_only=head_only)
+
+    def _reader(
+        self,
+        flight: Flight,
+        client_headers: Headers,
+        label: str,
+        *,
+        collapsed: bool = False,
+        head_only: bool = False,
+    ) -> FlightReader:
+        status = policy.cache_status(
+            label, fwd_status=flight.status, stored=True, collapsed=collapsed
+        )
+        headers = _without(flight.headers, b"age")
+        headers += [(b"Age", b"0"), (b"Cache-Status", status)]
+        return FlightReader(flight, headers, head_only)
+
+    async def _download(
+        self,
+        flight: Flight,
+        response: UpstreamResponse,
+        writer: BodyWriter,
+        url: str,
+        request_time: float,
+        vary: tuple[str, ...],
+    ) -> None:
+        live_writer: BodyWriter | None = writer
+        try:
+            while chunk := await response.read():
+                self.store.count("bytes_from_upstream", len(chunk))
+                if live_writer is not None:
+                    before = live_writer.written
+                    try:
+                        live_writer.write(chunk)
+                    except OSError as exc:
+                        # Readers get what reached the file from it, the rest from memory.
+                        log.warning("cannot store %s (%s): passing it through", url, exc)
+                        flight.written = live_writer.written
+                        chunk = chunk[live_writer.written - before :]
+                        live_writer.abort()
+                        live_writer = None
+                        flight.spilled = True
+                        flight.notify()
+                    else:
+                        flight.written = live_writer.written
+                        flight.notify()
+                        continue
+                await self._feed_readers(flight, chunk)
+            if live_writer is not None:
+                fields = {
+                    "key": flight.key + "\n" + flight.variant,
+                    "url": url,
+                    "status": flight.status,
+                    "reason": flight.reason,
+                    "headers": [
+                        (k, v) for k, v in flight.headers if k.lower() != b"content-length"
+                    ],
+                    "request_time": request_time,
+                    "response_time": now(),
+                    "kind": "git" if "git-upload-pack" in flight.key else "http",
+                }
+                try:
+                    await trio.to_thread.run_sync(live_writer.commit, fields)
+                    self.store.write_meta(flight.key, {"key": flight.key, "vary": list(vary)})
+                    self.store.count("stored")
+                except OSError as exc:
+                    log.warning("cannot publish %s: %s", url, exc)
+                    live_writer.abort()
+                live_writer = None
+                await self._maybe_evict()
+        except ProxyError as error:
+            log.warning("%s: download failed, nothing stored: %s", url, error)
+            flight.error = str(error)
+        finally:
+            if live_writer is not None:
+                live_writer.abort()
+            flight.finished = True
+            for reader in list(flight.readers):
+                reader._live_send.close()
+            flight.notify()
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+            await response.aclose()
+
+    async def _feed_readers(self, flight: Flight, chunk: bytes) -> None:
+        for reader in list(flight.readers):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await reader._live_send.send(chunk)
+
+    async def _maybe_evict(self) -> None:
+        if self._evicting or not self.store.over_limit():
+            return
+        self._evicting = True
+        try:
+            freed = await trio.to_thread.run_sync(self.store.evict)
+            log.info("evicted %d bytes to stay under %d", freed, self.store.max_size)
+        except OSError as exc:
+            log.warning("eviction failed: %s", exc)
+        finally:
+            self._evicting = False
+
+    async def _prefetch(
+        self,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        key: str,
+        rule: policy.Rule | None,
+    ) -> None:
+        """Fetch the whole resource into the cache with no client waiting on it."""
+        try:
+            source = await self._miss(origin, path, client_headers, key, rule, Outcome())
+            await source.aclose()
+        except ProxyError as error:
+            log.info("%s: background fetch failed: %s", origin.url(path), error)
+
+    async def _forward(
+        self,
+        origin: Origin,
+        method: bytes,
+        path: str,
+        client_headers: Headers,
+        outcome: Outcome,
+        label: str,
+    ) -> ResponseSource:
+        outcome.label = label
+        self.store.count("misses")
+        headers = request_headers_for_upstream(client_headers, origin)
+        response = await self.pool.request(origin, method, path.encode(), headers, None)
+        status = policy.cache_status(label, fwd_status=response.status)
+        return _Annotated(response, [(b"Cache-Status", status)])
+
+
+class _Annotated:
+    """An upstream response passed through, with extra headers for the client."""
+
+    def __init__(self, response: UpstreamResponse, extra: Headers) -> None:
+        self._response = response
+        self.status = response.status
+        self.reason = response.reason
+        self.headers = [*response.headers, *extra]
+
+    async def read(self) -> bytes:
+        return await self._response.read()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def _stored_headers(response: UpstreamResponse) -> Headers:
+    """End-to-end headers worth keeping, with a Date (pip treats a Date-less entry as stale)."""
+    headers = [
+        (k, v)
+        for k, v in drop_connection_fields(response.headers)
+        if k.lower() not in (b"content-length", b"via")
+    ]
+    if header_value(headers, b"date") is None:
+        headers.append((b"Date", policy.format_http_date(now())))
+    return headers
+
+
+def _without(headers: Headers, name: bytes) -> Headers:
+    return [(k, v) for k, v in headers if k.lower() != name]
+
+
+def _vary(headers: Headers) -> tuple[str, ...]:
+    return policy.vary_fields(headers) or ()

@@ -1,0 +1,400 @@
+"""HTTP caching decisions (RFC 9111), with no I/O: what may be stored, under which key, how
+long it stays fresh, how to revalidate it, and what the client is told.
+
+transcache is a shared cache, with these documented policies on top of the RFC:
+- Requests with `Authorization` are stored in a partition named by a hash of the credential
+  (unless the response says `public`), so one credential's response never answers another's.
+- `Vary` is honoured with header values normalised; per-request noise (`User-Agent`, `npm-*`,
+  `pacote-*`, `Pragma`) is left out of the key even when an origin varies on it.
+- Immutable responses (`immutable`, or `max-age` of a year or more, or an `immutable` rule)
+  are never revalidated; a client's `no-cache`/`max-age=0` turns into a conditional
+  revalidation for everything else.
+- Freshness rules (URL pattern -> minimum TTL, immutable, never cache) come from the config.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import fnmatch
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from ._protocol import Headers, header_value
+
+YEAR = 365 * 24 * 3600
+# Heuristic freshness (RFC 9111 4.2.2): 10% of the time since Last-Modified, at most a day.
+HEURISTIC_FRACTION = 0.1
+HEURISTIC_MAX = 24 * 3600
+STORABLE_STATUSES = frozenset({200, 203, 300, 301, 308, 404, 410})
+# Request fields never part of a key, whatever Vary says: they differ per client, not per
+# representation.
+NOISE_FIELDS = frozenset({"user-agent", "pragma", "cache-control", "connection", "cookie"})
+NOISE_PREFIXES = ("npm-", "pacote-", "x-request-id", "traceparent")
+CONDITIONAL_FIELDS = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
+)
+# Response fields a 304 must not overwrite in the stored response (RFC 9111 3.2).
+NOT_UPDATED_BY_304 = frozenset({b"content-length", b"content-encoding", b"transfer-encoding"})
+
+
+class RuleAction(Enum):
+    MIN_TTL = "min-ttl"
+    IMMUTABLE = "immutable"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A freshness rule: URLs matching `pattern` (shell-style, whole URL) get `action`."""
+
+    pattern: str
+    action: RuleAction
+    ttl: float = 0.0
+
+    def matches(self, url: str) -> bool:
+        return fnmatch.fnmatchcase(url, self.pattern)
+
+
+# URL shapes that name one immutable artifact, whatever the host: wheels and their PEP 658
+# metadata, npm tarballs, crate downloads. Users override them with rules of their own.
+DEFAULT_RULES = (
+    Rule("*.whl", RuleAction.IMMUTABLE),
+    Rule("*.whl.metadata", RuleAction.IMMUTABLE),
+    Rule("*/-/*.tgz", RuleAction.IMMUTABLE),
+    Rule("*.crate", RuleAction.IMMUTABLE),
+)
+
+
+def rule_for(url: str, rules: tuple[Rule, ...]) -> Rule | None:
+    """The first matching rule; user rules come before the defaults."""
+    for rule in rules:
+        if rule.matches(url):
+            return rule
+    return None
+
+
+def parse_cache_control(headers: Headers) -> dict[str, str | None]:
+    """Cache-Control directives (all header lines), names lowercased, quotes removed."""
+    directives: dict[str, str | None] = {}
+    for name, value in headers:
+        if name.lower() != b"cache-control":
+            continue
+        for part in value.decode("latin-1").split(","):
+            key, sep, arg = part.strip().partition("=")
+            if key:
+                directives.setdefault(key.lower(), arg.strip().strip('"') if sep else None)
+    return directives
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None or not value.isdigit():
+        return None
+    return float(value)
+
+
+def parse_http_date(value: bytes | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed.timestamp()
+
+
+def format_http_date(timestamp: float) -> bytes:
+    return email.utils.formatdate(timestamp, usegmt=True).encode()
+
+
+# -- what may be stored ---------------------------------------------------------------------
+
+
+def request_bypasses_cache(method: bytes, headers: Headers) -> bool:
+    """True when the request cannot be answered from, nor stored into, the cache."""
+    if method not in (b"GET", b"HEAD"):
+        return True
+    return "no-store" in parse_cache_control(headers)
+
+
+def not_storable_reason(
+    status: int, request_headers: Headers, response_headers: Headers, rule: Rule | None
+) -> str | None:
+    """Why this GET response must not be stored, or None when it may be."""
+    if rule is not None and rule.action is RuleAction.NEVER:
+        return "rule"
+    if status not in STORABLE_STATUSES:
+        return "status"
+    response_cc = parse_cache_control(response_headers)
+    if "no-store" in response_cc or "no-store" in parse_cache_control(request_headers):
+        return "no-store"
+    if "private" in response_cc:
+        return "private"
+    if header_value(response_headers, b"set-cookie") is not None:
+        return "set-cookie"
+    if vary_fields(response_headers) is None:
+        return "vary-star"
+    return None
+
+
+def credential_partition(request_headers: Headers, response_headers: Headers | None) -> str:
+    """The key partition for this request's credential ("" for none, or a public response)."""
+    credential = header_value(request_headers, b"authorization")
+    if credential is None:
+        return ""
+    if response_headers is not None and "public" in parse_cache_control(response_headers):
+        return ""
+    return "auth:" + hashlib.sha256(credential).hexdigest()
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def vary_fields(response_headers: Headers) -> tuple[str, ...] | None:
+    """Normalised field names the response varies on (noise removed); None for `Vary: *`."""
+    names: set[str] = set()
+    for name, value in response_headers:
+        if name.lower() != b"vary":
+            continue
+        for field_name in value.decode("latin-1").split(","):
+            field_name = field_name.strip().lower()
+            if field_name == "*":
+                return None
+            if field_name and not _is_noise(field_name):
+                names.add(field_name)
+    return tuple(sorted(names))
+
+
+def _is_noise(field_name: str) -> bool:
+    return field_name in NOISE_FIELDS or field_name.startswith(NOISE_PREFIXES)
+
+
+def _normalise_value(value: str) -> str:
+    # Lists compare as their trimmed members: "a,b" and "a, b" select the same variant.
+    return ",".join(part.strip() for part in value.split(",") if part.strip())
+
+
+def variant_key(fields: tuple[str, ...], request_headers: Headers) -> str:
+    """The secondary key: the request's normalised values for the varying fields."""
+    parts = []
+    for field_name in fields:
+        values = [
+            v.decode("latin-1") for k, v in request_headers if k.lower() == field_name.encode()
+        ]
+        parts.append(f"{field_name}={_normalise_value(','.join(values))}")
+    return "\n".join(parts)
+
+
+def primary_key(url: str, partition: str) -> str:
+    """GET and HEAD share entries: the key names the resource, not the method."""
+    return f"{partition} {url}" if partition else url
+
+
+# -- freshness ------------------------------------------------------------------------------
+
+
+def is_immutable(response_headers: Headers, rule: Rule | None) -> bool:
+    if rule is not None:
+        if rule.action is RuleAction.IMMUTABLE:
+            return True
+    cc = parse_cache_control(response_headers)
+    if "no-cache" in cc or "must-revalidate" in cc:
+        return False
+    if "immutable" in cc:
+        return True
+    max_age = _seconds(cc.get("s-maxage")) or _seconds(cc.get("max-age"))
+    return max_age is not None and max_age >= YEAR
+
+
+def freshness_lifetime(response_headers: Headers, rule: Rule | None) -> float:
+    """Seconds the stored response stays fresh (RFC 9111 4.2.1, shared cache)."""
+    if is_immutable(response_headers, rule):
+        return float("inf")
+    cc = parse_cache_control(response_headers)
+    lifetime: float
+    if "no-cache" in cc:
+        lifetime = 0.0
+    elif (value := _seconds(cc.get("s-maxage"))) is not None:
+        lifetime = value
+    elif (value := _seconds(cc.get("max-age"))) is not None:
+        lifetime = value
+    elif (expires := header_value(response_headers, b"expires")) is not None:
+        expiry = parse_http_date(expires)
+        date = parse_http_date(header_value(response_headers, b"date"))
+        lifetime = max(0.0, expiry - date) if expiry is not None and date is not None else 0.0
+    else:
+        date = parse_http_date(header_value(response_headers, b"date"))
+        modified = parse_http_date(header_value(response_headers, b"last-modified"))
+        lifetime = 0.0
+        if date is not None and modified is not None and modified < date:
+            lifetime = min(HEURISTIC_MAX, (date - modified) * HEURISTIC_FRACTION)
+    if rule is not None and rule.action is RuleAction.MIN_TTL:
+        lifetime = max(lifetime, rule.ttl)
+    return lifetime
+
+
+def current_age(
+    response_headers: Headers, request_time: float, response_time: float, now: float
+) -> float:
+    """RFC 9111 4.2.3."""
+    age_value = _seconds(
+        (header_value(response_headers, b"age") or b"").decode("latin-1").strip() or None
+    )
+    date = parse_http_date(header_value(response_headers, b"date")) or response_time
+    apparent_age = max(0.0, response_time - date)
+    corrected_age_value = (age_value or 0.0) + (response_time - request_time)
+    corrected_initial_age = max(apparent_age, corrected_age_value)
+    return corrected_initial_age + (now - response_time)
+
+
+def client_wants_revalidation(request_headers: Headers) -> bool:
+    """`no-cache`, `max-age=0` or `Pragma: no-cache` from the client (old pip sends these)."""
+    cc = parse_cache_control(request_headers)
+    if "no-cache" in cc or cc.get("max-age") == "0":
+        return True
+    pragma = header_value(request_headers, b"pragma")
+    return not cc and pragma is not None and b"no-cache" in pragma.lower()
+
+
+# -- revalidation ---------------------------------------------------------------------------
+
+
+def conditional_headers(stored_headers: Headers) -> Headers:
+    """Validators to send upstream when revalidating a stored response."""
+    out: Headers = []
+    if (etag := header_value(stored_headers, b"etag")) is not None:
+        out.append((b"If-None-Match", etag))
+    if (modified := header_value(stored_headers, b"last-modified")) is not None:
+        out.append((b"If-Modified-Since", modified))
+    return out
+
+
+def without_conditionals(headers: Headers) -> Headers:
+    """The client's headers minus its validators and Range: what we send to fetch a full
+    response we may store (the client's conditions are then answered from it)."""
+    return [(k, v) for k, v in headers if k.lower() not in CONDITIONAL_FIELDS | {b"range"}]
+
+
+def merge_not_modified(stored_headers: Headers, fresh_headers: Headers) -> Headers:
+    """The stored headers updated with a 304's (RFC 9111 4.3.4)."""
+    updates = {k.lower(): None for k, _ in fresh_headers if k.lower() not in NOT_UPDATED_BY_304}
+    kept = [(k, v) for k, v in stored_headers if k.lower() not in updates]
+    return kept + [(k, v) for k, v in fresh_headers if k.lower() in updates]
+
+
+def has_validators(headers: Headers) -> bool:
+    return (
+        header_value(headers, b"etag") is not None
+        or header_value(headers, b"last-modified") is not None
+    )
+
+
+# -- answering the client's own conditions --------------------------------------------------
+
+
+_ETAG = re.compile(rb'\s*(W/)?("[^"]*"|\*)\s*(,|$)')
+
+
+def _etags(value: bytes) -> list[bytes]:
+    return [match.group(2) for match in _ETAG.finditer(value)]
+
+
+def not_modified_for_client(request_headers: Headers, stored_headers: Headers) -> bool:
+    """Does the client's If-None-Match / If-Modified-Since match the stored response?"""
+    etag = header_value(stored_headers, b"etag")
+    if_none_match = header_value(request_headers, b"if-none-match")
+    if if_none_match is not None:
+        if etag is None:
+            return False
+        wanted = _etags(if_none_match)
+        return b"*" in wanted or etag.removeprefix(b"W/") in wanted
+    since = parse_http_date(header_value(request_headers, b"if-modified-since"))
+    modified = parse_http_date(header_value(stored_headers, b"last-modified"))
+    return since is not None and modified is not None and modified <= since
+
+
+NOT_MODIFIED_FIELDS = (b"etag", b"last-modified", b"cache-control", b"expires", b"vary", b"date")
+
+
+def not_modified_headers(stored_headers: Headers) -> Headers:
+    return [(k, v) for k, v in stored_headers if k.lower() in NOT_MODIFIED_FIELDS]
+
+
+# -- ranges ---------------------------------------------------------------------------------
+
+
+class Unsatisfiable(Exception):
+    """The Range cannot be served from a body of this size (416)."""
+
+
+def parse_range(
+    request_headers: Headers, stored_headers: Headers, size: int
+) -> tuple[int, int] | None:
+    """The single byte range [start, end] (inclusive) to serve, or None for the whole body.
+
+    Multiple ranges, other units, and an If-Range that does not match are answered whole,
+    as RFC 9110 allows. Raises Unsatisfiable for a range past the end."""
+    value = header_value(request_headers, b"range")
+    if value is None:
+        return None
+    if_range = header_value(request_headers, b"if-range")
+    if if_range is not None and not _if_range_matches(if_range, stored_headers):
+        return None
+    unit, _, spec = value.decode("latin-1").partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()):
+        return None
+    if not first:  # suffix: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise Unsatisfiable
+        return max(0, size - length), size - 1
+    start = int(first)
+    if last and not last.isdigit():
+        return None
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None  # invalid range: ignored
+    if start >= size:
+        raise Unsatisfiable
+    return start, end
+
+
+def _if_range_matches(if_range: bytes, stored_headers: Headers) -> bool:
+    if if_range.startswith((b'"', b"W/")):
+        etag = header_value(stored_headers, b"etag")
+        # If-Range needs a strong match.
+        return etag is not None and not etag.startswith(b"W/") and etag == if_range.strip()
+    modified = header_value(stored_headers, b"last-modified")
+    return modified is not None and modified.strip() == if_range.strip()
+
+
+# -- telling the client what happened (RFC 9211) --------------------------------------------
+
+
+def cache_status(
+    outcome: str,
+    *,
+    fwd_status: int | None = None,
+    ttl: float | None = None,
+    stored: bool = False,
+    collapsed: bool = False,
+    detail: str | None = None,
+) -> bytes:
+    """A Cache-Status member for transcache. `outcome` is "hit" or a fwd reason
+    ("miss", "stale", "uri-miss", "bypass", "method", "request", "partial")."""
+    parts = ["transcache", "hit" if outcome == "hit" else f"fwd={outcome}"]
+    if fwd_status is not None:
+        parts.append(f"fwd-status={fwd_status}")
+    if ttl is not None and ttl != float("inf"):
+        parts.append(f"ttl={int(ttl)}")
+    if stored:
+        parts.append("stored")
+    if collapsed:
+        parts.append("collapsed")
+    if detail:
+        parts.append(f'detail="{detail}"' if not detail.isalnum() else f"detail={detail}")
+    return "; ".join(parts).encode()

@@ -1,0 +1,394 @@
+"""The on-disk store: small JSON metadata files and content-addressed bodies.
+
+Layout under the cache dir (versioned, sharded by hash prefix):
+
+    v1/meta/ab/cd/<sha256(key)>     JSON: status, headers, times, body digest and size
+    v1/blobs/ab/cd/<sha256(body)>   the body bytes, exactly as received (never re-encoded)
+    v1/tmp/<pid>-<random>/          this process's bodies in progress, and its lock file
+    v1/stats.json                   counters shared by every process using the dir
+
+Publishing a body: write it into this process's tmp dir while hashing it, fsync, rename it to
+its blob path, then write the metadata (temp file + rename). A metadata file therefore only
+ever names a complete, fsynced body; a crash leaves at worst a temp file (removed at the next
+start, once no live process holds its dir's lock) or a metadata file whose blob is gone (a
+miss, removed when seen). Identical bodies share one blob. Renames are atomic, so several
+transcache processes can share one cache dir.
+
+Eviction is least-recently-used over blobs, by modification time (touched on every hit), and
+runs while the proxy serves. Every method here that can fail on storage degrades: lookups
+return None, writes raise OSError to the caller, which then passes the response through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._protocol import Headers
+
+log = logging.getLogger("transcache.store")
+
+LAYOUT = "v1"
+LOCK_NAME = "lock"
+STATS_NAME = "stats.json"
+HASH_CHUNK = 1024 * 1024
+
+
+def _sharded(root: Path, digest: str) -> Path:
+    return root / digest[:2] / digest[2:4] / digest
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _encode_headers(headers: Headers) -> list[list[str]]:
+    return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]
+
+
+def _decode_headers(raw: list[list[str]]) -> Headers:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw]
+
+
+@dataclass
+class Entry:
+    """A stored response: its head and where its body is."""
+
+    key: str
+    url: str
+    status: int
+    reason: bytes
+    headers: Headers
+    digest: str
+    size: int
+    request_time: float
+    response_time: float
+    body_path: Path
+    kind: str = "http"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "url": self.url,
+            "status": self.status,
+            "reason": self.reason.decode("latin-1"),
+            "headers": _encode_headers(self.headers),
+            "digest": self.digest,
+            "size": self.size,
+            "request_time": self.request_time,
+            "response_time": self.response_time,
+            "kind": self.kind,
+        }
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    entries: int
+    bytes: int
+    counters: dict[str, int]
+
+
+class BodyWriter:
+    """A body being stored: appended to a temp file and hashed as it streams."""
+
+    def __init__(self, store: Store, path: Path) -> None:
+        self._store = store
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._hash = hashlib.sha256()
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            count = os.write(self._fd, view)
+            self._hash.update(view[:count])
+            self.written += count
+            view = view[count:]
+
+    def commit(self, entry_fields: dict[str, Any]) -> Entry:
+        """fsync and publish the body, then its metadata. Raises OSError on failure."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        digest = self._hash.hexdigest()
+        blob = _sharded(self._store.blobs, digest)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if blob.exists():
+            os.unlink(self.path)  # same bytes already stored
+            os.utime(blob)
+        else:
+            os.replace(self.path, blob)
+            self._store.size += self.written
+        entry = Entry(digest=digest, size=self.written, body_path=blob, **entry_fields)
+        self._store.write_meta(entry.key, entry.to_json())
+        return entry
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class Store:
+    def __init__(self, cache_dir: Path, max_size: int) -> None:
+        self.root = cache_dir / LAYOUT
+        self.meta = self.root / "meta"
+        self.blobs = self.root / "blobs"
+        self.tmp = self.root / "tmp"
+        self.max_size = max_size
+        for directory in (self.meta, self.blobs, self.tmp):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._clean_stale_tmp()
+        self._own_tmp = self.tmp / f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._own_tmp.mkdir()
+        self._lock_fd = os.open(self._own_tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self.size = sum(size for _, size, _ in self._blobs())
+        self._pending: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.flush_counters()
+        shutil.rmtree(self._own_tmp, ignore_errors=True)
+        os.close(self._lock_fd)
+
+    def _clean_stale_tmp(self) -> None:
+        """Remove temp dirs of processes that are gone (their lock is free)."""
+        for directory in self.tmp.iterdir():
+            try:
+                fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live process is using it
+            finally:
+                os.close(fd)
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def read_meta(self, key: str) -> dict[str, Any] | None:
+        path = _sharded(self.meta, key_digest(key))
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("unreadable cache metadata %s (%s): treated as a miss", path, exc)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None  # a hash collision or a foreign file: not ours
+        return data
+
+    def write_meta(self, key: str, data: dict[str, Any]) -> None:
+        path = _sharded(self.meta, key_digest(key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._own_tmp / f"meta-{secrets.token_hex(8)}"
+        tmp.write_bytes(json.dumps(data, separators=(",", ":")).encode())
+        os.replace(tmp, path)
+
+    def remove(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            _sharded(self.meta, key_digest(key)).unlink()
+
+    def get(self, key: str) -> Entry | None:
+        """The stored entry for `key`, if its metadata and body are both present."""
+        data = self.read_meta(key)
+        if data is None or "digest" not in data:
+            return None
+        try:
+            blob = _sharded(self.blobs, data["digest"])
+            entry = Entry(
+                key=key,
+                url=data["url"],
+                status=int(data["status"]),
+                reason=data["reason"].encode("latin-1"),
+                headers=_decode_headers(data["headers"]),
+                digest=data["digest"],
+                size=int(data["size"]),
+                request_time=float(data["request_time"]),
+                response_time=float(data["response_time"]),
+                body_path=blob,
+                kind=data.get("kind", "http"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("malformed cache metadata for %s: removed", key)
+            self.remove(key)
+            return None
+        try:
+            stat = blob.stat()
+        except OSError:
+            self.remove(key)  # the body was evicted or lost
+            return None
+        if stat.st_size != entry.size:
+            log.warning("cached body %s has the wrong size: removed", blob)
+            self.remove(key)
+            return None
+        return entry
+
+    def touch(self, entry: Entry) -> None:
+        """Mark the entry's body as recently used (LRU)."""
+        with contextlib.suppress(OSError):
+            os.utime(entry.body_path)
+
+    def update_headers(self, entry: Entry) -> None:
+        """Rewrite an entry's metadata (after a 304 refreshed it)."""
+        self.write_meta(entry.key, entry.to_json())
+
+    # -- bodies ------------------------------------------------------------------------------
+
+    def begin(self) -> BodyWriter:
+        return BodyWriter(self, self._own_tmp / f"body-{secrets.token_hex(8)}")
+
+    def _blobs(self) -> Iterator[tuple[Path, int, float]]:
+        for path in self.blobs.glob("*/*/*"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            yield path, stat.st_size, stat.st_mtime
+
+    def evict(self, target: int | None = None) -> int:
+        """Delete least recently used bodies until the store holds at most `target` bytes
+        (default: 90% of max_size). Returns the bytes freed."""
+        if target is None:
+            target = int(self.max_size * 0.9)
+        blobs = sorted(self._blobs(), key=lambda item: item[2])
+        total = sum(size for _, size, _ in blobs)
+        freed = 0
+        for path, size, _ in blobs:
+            if total - freed <= target:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+                freed += size
+        self.size = total - freed
+        return freed
+
+    def over_limit(self) -> bool:
+        return self.size > self.max_size
+
+    # -- maintenance (the `cache` commands) --------------------------------------------------
+
+    def entries(self) -> Iterator[Entry]:
+        for path in self.meta.glob("*/*/*"):
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and "digest" in data and isinstance(data.get("key"), str):
+                entry = self.get(data["key"])
+                if entry is not None:
+                    yield entry
+
+    def prune(self) -> tuple[int, int]:
+        """Evict down to the size limit and drop metadata whose body is gone.
+        Returns (entries removed, bytes freed)."""
+        freed = self.evict(self.max_size) if self.over_limit() else 0
+        removed = 0
+        for path in self.meta.glob("*/*/*"):
+            try:
+                data = json.loads(path.read_bytes())
+                digest = data.get("digest")
+                if digest is not None and not _sharded(self.blobs, digest).exists():
+                    path.unlink()
+                    removed += 1
+            except (OSError, ValueError, AttributeError):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                removed += 1
+        return removed, freed
+
+    def verify(self) -> tuple[int, list[Path]]:
+        """Re-hash every body; delete those whose bytes do not match their name.
+        Returns (bodies checked, bodies removed)."""
+        checked, removed = 0, []
+        for path, _, _ in list(self._blobs()):
+            digest = hashlib.sha256()
+            try:
+                with path.open("rb") as f:
+                    while chunk := f.read(HASH_CHUNK):
+                        digest.update(chunk)
+            except OSError:
+                continue
+            checked += 1
+            if digest.hexdigest() != path.name:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                removed.append(path)
+        self.prune()
+        return checked, removed
+
+    def clear(self) -> None:
+        for directory in (self.meta, self.blobs):
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True, exist_ok=True)
+        self.size = 0
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self._pending[name] = self._pending.get(name, 0) + amount
+
+    def flush_counters(self) -> None:
+        """Add this process's counts to stats.json (under a lock: processes share it)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        try:
+            with self._locked_stats() as counters:
+                for name, amount in pending.items():
+                    counters[name] = counters.get(name, 0) + amount
+        except OSError as exc:
+            log.warning("cannot update %s: %s", self.root / STATS_NAME, exc)
+
+    @contextlib.contextmanager
+    def _locked_stats(self) -> Iterator[dict[str, int]]:
+        path = self.root / STATS_NAME
+        fd = os.open(self.root / (STATS_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                counters = json.loads(path.read_bytes())
+                if not isinstance(counters, dict):
+                    counters = {}
+            except (OSError, ValueError):
+                counters = {}
+            yield counters
+            tmp = self._own_tmp / f"stats-{secrets.token_hex(8)}"
+            tmp.write_bytes(json.dumps(counters, sort_keys=True).encode())
+            os.replace(tmp, path)
+        finally:
+            os.close(fd)
+
+    def stats(self) -> StoreStats:
+        self.flush_counters()
+        try:
+            counters = json.loads((self.root / STATS_NAME).read_bytes())
+        except (OSError, ValueError):
+            counters = {}
+        blobs = list(self._blobs())
+        entries = sum(1 for _ in self.entries())
+        return StoreStats(entries, sum(size for _, size, _ in blobs), counters)
+
+
+def now() -> float:
+    return time.time()
