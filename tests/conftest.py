@@ -64,7 +64,7 @@ def start_proxy(tmp_path: Path, origin_ca_pem: Path) -> Iterator[StartProxy]:
 
     yield start
     for proxy in started:
-        assert proxy.stop() == 0, proxy.log
+        assert proxy.stop() == 0 or proxy.killed, proxy.log
         assert "Traceback" not in proxy.log, proxy.log
 
 

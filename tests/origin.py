@@ -270,6 +270,12 @@ class Exchange:
         else:
             wfile.write(data)
 
+    def abort(self) -> None:
+        """Cut the connection mid-response, as an origin that resets would."""
+        self._handler.wfile.flush()
+        socket.socket.shutdown(self._handler.connection, socket.SHUT_RDWR)
+        raise ConnectionResetError("route aborted the response")
+
     def end(self) -> None:
         if not self._started:
             raise RuntimeError(f"route for {self.target} sent no response")
@@ -614,7 +620,9 @@ class Origin:
         return origin
 
     def stop(self) -> None:
-        """Stop accepting, cut the connections still open, and join every thread."""
+        """Stop accepting, cut the connections still open, and join every thread (once)."""
+        if not self._thread.is_alive():
+            return
         self._server.wake()
         self._thread.join()
         with self._lock:

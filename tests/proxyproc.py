@@ -34,6 +34,7 @@ class ProxyProcess:
         self.ca_pem = self.ca_dir / "ca.pem"
         self.bundle = self.ca_dir / "bundle.pem"
         self.log_path = workdir / "proxy.log"
+        self.killed = False
 
     @classmethod
     def start(
@@ -110,6 +111,12 @@ class ProxyProcess:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM in /proc status")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; `stop()` then reports the kill instead of failing."""
+        self.process.kill()
+        self.process.wait()
+        self.killed = True
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -235,13 +235,13 @@ class Cache:
             revalidate = policy.client_wants_revalidation(client_headers) and not immutable
             if age < lifetime and not revalidate:
                 return self._hit(entry, client_headers, head_only, age, outcome, "hit")
-            if self.config.offline:
+            if self.config.offline or _only_if_cached(client_headers):
                 return self._hit(entry, client_headers, head_only, age, outcome, "offline")
             return await self._revalidate(
                 entry, origin, path, client_headers, head_only, rule, key, outcome
             )
 
-        if self.config.offline or "only-if-cached" in policy.parse_cache_control(client_headers):
+        if self.config.offline or _only_if_cached(client_headers):
             self.store.count("offline_misses")
             raise OfflineMissError(f"offline: {url} is not in the cache")
         if head_only or header_value(client_headers, b"range") is not None:
@@ -598,6 +598,10 @@ def _stored_headers(response: UpstreamResponse) -> Headers:
     if header_value(headers, b"date") is None:
         headers.append((b"Date", policy.format_http_date(now())))
     return headers
+
+
+def _only_if_cached(headers: Headers) -> bool:
+    return "only-if-cached" in policy.parse_cache_control(headers)
 
 
 def _without(headers: Headers, name: bytes) -> Headers:

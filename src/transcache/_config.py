@@ -4,12 +4,15 @@ keyword arguments; defaults live here and nowhere else."""
 from __future__ import annotations
 
 import fnmatch
+import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import _paths
-from ._policy import Rule
+from ._policy import Rule, RuleAction
 
 DEFAULT_PORT = 8797
 DEFAULT_CONNECT_PORTS = frozenset({443})
@@ -61,3 +64,74 @@ def parse_resolve(spec: str) -> tuple[tuple[str, int], str]:
     if not (sep and sep2 and host and addr and port_text.isdigit()):
         raise ValueError(f"expected HOST:PORT:ADDR, got {spec!r}")
     return (host.lower(), int(port_text)), addr.strip("[]")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message says where and why."""
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "500M", "10G", "1.5GiB", "1048576"."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ConfigError(f"expected a size such as 500M or 10G, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_min_ttl(spec: str) -> Rule:
+    """A `--min-ttl PATTERN=SECONDS` rule."""
+    pattern, sep, seconds = spec.rpartition("=")
+    if not sep or not pattern or not seconds.isdigit():
+        raise ConfigError(f"expected PATTERN=SECONDS, got {spec!r}")
+    return Rule(pattern, RuleAction.MIN_TTL, float(seconds))
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Config keyword options from a TOML file (see docs/caching.md); {} if it is absent.
+
+    Keys: max_size ("10G"), offline (bool), passthrough, upstream_ca, connect_ports (lists),
+    and [[rule]] tables with `url` plus one of `min_ttl = SECONDS`, `immutable = true`,
+    `never = true`."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    options: dict[str, Any] = {}
+    try:
+        for key, value in data.items():
+            if key == "max_size":
+                options["max_size"] = parse_size(str(value))
+            elif key == "offline":
+                options["offline"] = bool(value)
+            elif key == "passthrough":
+                options["passthrough"] = tuple(str(v) for v in value)
+            elif key == "upstream_ca":
+                options["upstream_ca"] = tuple(Path(str(v)).expanduser() for v in value)
+            elif key == "connect_ports":
+                options["connect_ports"] = DEFAULT_CONNECT_PORTS | frozenset(int(v) for v in value)
+            elif key == "rule":
+                options["rules"] = tuple(_rule_from_table(table) for table in value)
+            else:
+                raise ConfigError(f"unknown setting {key!r}")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return options
+
+
+def _rule_from_table(table: Mapping[str, Any]) -> Rule:
+    url = table.get("url")
+    if not isinstance(url, str):
+        raise ConfigError('a [[rule]] needs url = "PATTERN"')
+    if table.get("never"):
+        return Rule(url, RuleAction.NEVER)
+    if table.get("immutable"):
+        return Rule(url, RuleAction.IMMUTABLE)
+    if "min_ttl" in table:
+        return Rule(url, RuleAction.MIN_TTL, float(table["min_ttl"]))
+    raise ConfigError(f"rule for {url!r} needs min_ttl, immutable = true or never = true")
