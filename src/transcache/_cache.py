@@ -28,10 +28,17 @@ from typing import Protocol
 
 import trio
 
+from . import _git
 from . import _policy as policy
 from ._channel import READ_SIZE
 from ._config import Config
-from ._errors import OfflineMissError, ProxyError, UpstreamError
+from ._errors import (
+    BadRequestError,
+    OfflineMissError,
+    ProxyError,
+    UpstreamError,
+    UpstreamTLSError,
+)
 from ._protocol import (
     Headers,
     Origin,
@@ -40,13 +47,15 @@ from ._protocol import (
     request_headers_for_upstream,
 )
 from ._store import BodyWriter, Entry, Store, now
-from ._upstream import UpstreamPool, UpstreamResponse
+from ._upstream import BodyReader, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("transcache.cache")
 
 # Chunks a reader may fall behind a flight that lost its disk, before the flight waits for it.
 LIVE_BUFFER_CHUNKS = 16
 COUNTER_FLUSH_SECONDS = 5.0
+# The rule for responses whose URL or request names exact content (a commit, a git object).
+PINNED = policy.Rule("*", policy.RuleAction.IMMUTABLE)
 
 
 class ResponseSource(Protocol):
@@ -124,6 +133,7 @@ class Flight:
 
     key: str
     variant: str
+    kind: str = "http"
     head_ready: trio.Event = field(default_factory=trio.Event)
     storable: bool = False
     status: int = 0
@@ -218,7 +228,7 @@ class Cache:
         self, method: bytes, origin: Origin, path: str, client_headers: Headers, outcome: Outcome
     ) -> ResponseSource:
         url = origin.url(path)
-        rule = policy.rule_for(url, self.rules)
+        rule = self._rule(url, path)
         partition = policy.credential_partition(client_headers, None)
         key = policy.primary_key(url, partition)
         entry = self._lookup(key, client_headers)
@@ -251,6 +261,84 @@ class Cache:
                 self._nursery.start_soon(self._prefetch, origin, path, client_headers, key, rule)
             return await self._forward(origin, method, path, client_headers, outcome, "miss")
         return await self._miss(origin, path, client_headers, key, rule, outcome)
+
+    def _rule(self, url: str, path: str) -> policy.Rule | None:
+        rule = policy.rule_for(url, self.rules)
+        if rule is None and _git.commit_pinned_url(path):
+            return PINNED  # names a commit: the bytes behind it cannot change
+        return rule
+
+    # -- git smart HTTP ---------------------------------------------------------------------
+
+    async def respond_git(
+        self,
+        method: bytes,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        body: bytes | None,
+        outcome: Outcome,
+    ) -> ResponseSource:
+        """Pack fetches for object ids are cached as immutable; ref discovery always asks
+        upstream and keeps the answer only for when upstream cannot be reached."""
+        url = origin.url(path)
+        protocol = (header_value(client_headers, b"git-protocol") or b"").decode("latin-1")
+        partition = policy.credential_partition(client_headers, None)
+        if body is None:  # GET info/refs
+            key = policy.primary_key(f"{policy.GIT_REFS_PREFIX}{url}\n{protocol}", partition)
+            return await self._git_refs(origin, path, client_headers, key, outcome, None, method)
+        encoding = header_value(client_headers, b"content-encoding")
+        try:
+            decoded = _git.decode_request_body(
+                body, encoding.decode("latin-1") if encoding else None
+            )
+        except _git.GitBodyError as exc:
+            raise BadRequestError(f"undecodable git request body: {exc}") from None
+        kind = _git.classify_upload_pack(decoded)
+        key = policy.primary_key(_git.pack_cache_key(url, protocol, decoded), partition)
+        if kind is _git.GitRequestKind.REF_DISCOVERY:
+            return await self._git_refs(origin, path, client_headers, key, outcome, body, method)
+        if kind is _git.GitRequestKind.OTHER:
+            return await self._forward(
+                origin, method, path, client_headers, outcome, "bypass", body
+            )
+        entry = self._lookup(key, client_headers)
+        if entry is not None:
+            return self._hit(entry, client_headers, False, 0, outcome, "hit")
+        if self.config.offline:
+            self.store.count("offline_misses")
+            raise OfflineMissError(f"offline: {url} (git fetch) is not in the cache")
+        self.store.count("git_misses")
+        return await self._miss(
+            origin, path, client_headers, key, PINNED, outcome, method, body, "git"
+        )
+
+    async def _git_refs(
+        self,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        key: str,
+        outcome: Outcome,
+        body: bytes | None,
+        method: bytes,
+    ) -> ResponseSource:
+        entry = self._lookup(key, client_headers)
+        if self.config.offline and entry is not None:
+            return self._hit(entry, client_headers, False, 0, outcome, "offline")
+        if self.config.offline:
+            self.store.count("offline_misses")
+            raise OfflineMissError(f"offline: {origin.url(path)} (git refs) is not in the cache")
+        try:
+            return await self._miss(
+                origin, path, client_headers, key, None, outcome, method, body, "git"
+            )
+        except UpstreamError as error:
+            if entry is None or isinstance(error, UpstreamTLSError):
+                raise
+            log.warning("%s: serving last known refs: %s", origin.url(path), error)
+            status = policy.cache_status("stale", detail="upstream-unreachable")
+            return self._hit(entry, client_headers, False, 0, outcome, "stale", status)
 
     def _lookup(self, key: str, client_headers: Headers) -> Entry | None:
         index = self.store.read_meta(key)
@@ -366,6 +454,9 @@ class Cache:
         key: str,
         rule: policy.Rule | None,
         outcome: Outcome,
+        method: bytes = b"GET",
+        body: bytes | None = None,
+        kind: str = "http",
     ) -> ResponseSource:
         flight = self._flights.get(key)
         if flight is not None:
@@ -384,9 +475,9 @@ class Cache:
                     return reader
         request_time = now()
         headers = request_headers_for_upstream(policy.without_conditionals(client_headers), origin)
-        response = await self.pool.request(origin, b"GET", path.encode(), headers, None)
+        response = await self.pool.request(origin, method, path.encode(), headers, _replay(body))
         return await self._store_or_stream(
-            response, origin, path, client_headers, key, rule, outcome, request_time, False
+            response, origin, path, client_headers, key, rule, outcome, request_time, False, kind
         )
 
     async def _store_or_stream(
@@ -400,10 +491,13 @@ class Cache:
         outcome: Outcome,
         request_time: float,
         head_only: bool,
+        kind: str = "http",
     ) -> ResponseSource:
         self.store.count("misses")
         stored_headers = _stored_headers(response)
-        if policy.credential_partition(client_headers, stored_headers) == "":
+        if kind == "git":
+            pass  # git keys carry the request's partition whatever the response says
+        elif policy.credential_partition(client_headers, stored_headers) == "":
             key = policy.primary_key(origin.url(path), "")  # public: shareable
         reason = policy.not_storable_reason(response.status, client_headers, stored_headers, rule)
         if reason is None and key in self._flights:
@@ -424,7 +518,7 @@ class Cache:
                 (b"Content-Length", header_value(response.headers, b"content-length") or b"0")
             )
         vary = policy.vary_fields(stored_headers) or ()
-        flight = Flight(key, policy.variant_key(vary, client_headers))
+        flight = Flight(key, policy.variant_key(vary, client_headers), kind)
         flight.storable = True
         flight.status, flight.reason, flight.headers = (
             response.status,
@@ -498,7 +592,7 @@ class Cache:
                     ],
                     "request_time": request_time,
                     "response_time": now(),
-                    "kind": "git" if "git-upload-pack" in flight.key else "http",
+                    "kind": flight.kind,
                 }
                 try:
                     await trio.to_thread.run_sync(live_writer.commit, fields)
@@ -563,11 +657,12 @@ class Cache:
         client_headers: Headers,
         outcome: Outcome,
         label: str,
+        body: bytes | None = None,
     ) -> ResponseSource:
         outcome.label = label
         self.store.count("misses")
         headers = request_headers_for_upstream(client_headers, origin)
-        response = await self.pool.request(origin, method, path.encode(), headers, None)
+        response = await self.pool.request(origin, method, path.encode(), headers, _replay(body))
         status = policy.cache_status(label, fwd_status=response.status)
         return _Annotated(response, [(b"Cache-Status", status)])
 
@@ -598,6 +693,18 @@ def _stored_headers(response: UpstreamResponse) -> Headers:
     if header_value(headers, b"date") is None:
         headers.append((b"Date", policy.format_http_date(now())))
     return headers
+
+
+def _replay(body: bytes | None) -> BodyReader | None:
+    """A body reader over bytes already read (git requests are read whole to be keyed)."""
+    if body is None:
+        return None
+    pending = [body]
+
+    async def read() -> bytes:
+        return pending.pop() if pending else b""
+
+    return read
 
 
 def _only_if_cached(headers: Headers) -> bool:

@@ -31,6 +31,11 @@ class RequestTimeoutError(ProxyError):
     reason = "Request Timeout"
 
 
+class PayloadTooLargeError(ProxyError):
+    status = 413
+    reason = "Content Too Large"
+
+
 class HeadersTooLargeError(ProxyError):
     status = 431
     reason = "Request Header Fields Too Large"

@@ -186,6 +186,10 @@ def variant_key(fields: tuple[str, ...], request_headers: Headers) -> str:
     return "\n".join(parts)
 
 
+# Ref advertisements are keyed apart from the same URL's plain HTTP entry.
+GIT_REFS_PREFIX = "git-refs "
+
+
 def primary_key(url: str, partition: str) -> str:
     """GET and HEAD share entries: the key names the resource, not the method."""
     return f"{partition} {url}" if partition else url

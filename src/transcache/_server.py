@@ -33,11 +33,14 @@ from ._errors import (
     HeadersTooLargeError,
     MethodNotAllowedError,
     OfflineMissError,
+    PayloadTooLargeError,
     ProxyError,
     RequestTimeoutError,
 )
+from ._git import MAX_DECODED_BODY, is_ref_discovery_get, is_upload_pack_post
 from ._policy import request_bypasses_cache
 from ._protocol import (
+    Headers,
     Origin,
     header_value,
     parse_authority,
@@ -47,6 +50,7 @@ from ._protocol import (
 )
 from ._store import Store
 from ._upstream import BodyReader, UpstreamPool
+from .install import doctor_pages
 
 log = logging.getLogger("transcache")
 access_log = logging.getLogger("transcache.access")
@@ -68,6 +72,8 @@ AdminPage = Callable[["ProxyServer"], tuple[int, bytes, bytes]]
 # answer before the client reads it.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
+# git request bodies are read whole to be keyed; no real fetch negotiation comes near this.
+MAX_GIT_REQUEST_BYTES = MAX_DECODED_BODY
 CONNECTION_ESTABLISHED = h11.Response(status_code=200, headers=[], reason=b"Connection established")
 
 
@@ -100,6 +106,7 @@ class ProxyServer:
             "/healthz": lambda server: (200, TEXT_PLAIN, b"ok\n"),
             "/ca.pem": lambda server: (200, b"application/x-pem-file", server.ca.cert_pem),
         }
+        doctor_pages.register(self.admin_pages)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -248,7 +255,17 @@ class ProxyServer:
         if channel.conn.they_are_waiting_for_100_continue:
             await channel.send(h11.InformationalResponse(status_code=100, headers=[]))
         response: ResponseSource
-        if (
+        git = self._git_request(request.method, path, raw)
+        if self.cache is not None and git:
+            outcome = Outcome()
+            whole = await _read_whole(read_body) if body is not None else None
+            try:
+                response = await self.cache.respond_git(
+                    request.method, origin, path, raw, whole, outcome
+                )
+            finally:
+                exchange.cache = outcome.label
+        elif (
             self.cache is not None
             and body is None
             and not request_bypasses_cache(request.method, raw)
@@ -285,6 +302,17 @@ class ProxyServer:
             await channel.send(h11.EndOfMessage())
         finally:
             await response.aclose()
+
+    @staticmethod
+    def _git_request(method: bytes, path: str, headers: Headers) -> bool:
+        content_type = header_value(headers, b"content-type")
+        return is_ref_discovery_get(method.decode("ascii", "replace"), path) or (
+            is_upload_pack_post(
+                method.decode("ascii", "replace"),
+                path,
+                content_type.decode("latin-1") if content_type else None,
+            )
+        )
 
     # -- CONNECT -----------------------------------------------------------------------------
 
@@ -453,3 +481,17 @@ def _peer_name(stream: trio.abc.Stream) -> str:
     except OSError:
         return "-"
     return f"{host}:{port}"
+
+
+async def _read_whole(read: BodyReader) -> bytes:
+    """A request body read into memory (git requests: small, and keyed on their bytes)."""
+    parts = []
+    size = 0
+    while chunk := await read():
+        size += len(chunk)
+        if size > MAX_GIT_REQUEST_BYTES:
+            raise PayloadTooLargeError(
+                f"git request body larger than {MAX_GIT_REQUEST_BYTES} bytes"
+            )
+        parts.append(chunk)
+    return b"".join(parts)

@@ -1,0 +1,227 @@
+"""git through the proxy: pack fetches for exact object ids come from the cache, ref
+discovery always asks the origin (and falls back to the last answer when it is gone), pushes
+pass through, and uv's git dependencies install warm and offline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import uv
+
+from .clients import run
+from .conftest import StartProxy
+from .gitrepo import commit_file, git_env, make_repo, run_git
+from .origin import Origin, client_env
+from .proxyproc import ProxyProcess
+
+# An in-tree PEP 517 backend: the repository builds into a wheel with no build dependency to
+# download, so uv can install it from git with nothing but the proxy.
+BACKEND = """
+import base64, hashlib, zipfile
+
+NAME, VERSION = "gitpkg", "0.1"
+DIST = f"{NAME}-{VERSION}.dist-info"
+FILES = {
+    "gitpkg/__init__.py": b"VALUE = 42\\n",
+    f"{DIST}/METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n".encode(),
+    f"{DIST}/WHEEL": (
+        b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    ),
+}
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    name = f"{NAME}-{VERSION}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(f"{wheel_directory}/{name}", "w") as wheel:
+        for path, data in FILES.items():
+            wheel.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{path},sha256={digest.decode()},{len(data)}")
+        record.append(f"{DIST}/RECORD,,")
+        wheel.writestr(f"{DIST}/RECORD", "\\n".join(record) + "\\n")
+    return name
+"""
+PYPROJECT = b"""[build-system]
+requires = []
+build-backend = "backend"
+backend-path = ["."]
+
+[project]
+name = "gitpkg"
+version = "0.1"
+"""
+
+
+@pytest.fixture
+def repo(tmp_path: Path, origin: Origin) -> tuple[Path, str]:
+    bare, _ = make_repo(tmp_path / "repos", "pkg.git", commits=4)
+    work = tmp_path / "work"
+    env = git_env(tmp_path / "git-home")
+    (tmp_path / "git-home").mkdir()
+    run_git("clone", "--quiet", str(bare), str(work), cwd=tmp_path, env=env)
+    commit_file(work, "pyproject.toml", PYPROJECT, "Add packaging", env)
+    head = commit_file(work, "backend.py", BACKEND.encode(), "Add build backend", env)
+    run_git("push", "--quiet", "origin", "HEAD:main", cwd=work, env=env)
+    origin.add_git("git", bare.parent)
+    return bare, head
+
+
+def pack_fetches(origin: Origin) -> int:
+    """POSTs to git-upload-pack: ls-refs and fetch alike (the origin does not tell them apart
+    for us); ref discovery is one GET plus one ls-refs POST per v2 clone."""
+    return sum(1 for r in origin.requests if r.path.endswith("/git-upload-pack"))
+
+
+def clone(env: dict[str, str], url: str, dest: Path, *args: str) -> str:
+    run(["git", "clone", "--quiet", *args, url, str(dest)], env)
+    run(["git", "-C", str(dest), "fsck", "--strict"], env)
+    return run(["git", "-C", str(dest), "rev-parse", "HEAD"], env).stdout.strip()
+
+
+@pytest.mark.parametrize("depth", [[], ["--depth", "1"]], ids=["full", "shallow"])
+def test_second_clone_receives_its_pack_from_the_cache(
+    origin: Origin,
+    proxy: ProxyProcess,
+    proxied_env: dict[str, str],
+    tmp_path: Path,
+    repo: tuple[Path, str],
+    depth: list[str],
+) -> None:
+    url = origin.url("git.test", "/git/pkg.git")
+    cold = clone(proxied_env, url, tmp_path / "cold", *depth)
+    cold_posts = pack_fetches(origin)
+    warm = clone(proxied_env, url, tmp_path / "warm", *depth)
+    assert cold == warm == repo[1]
+    # The warm clone asked the origin for its refs (GET info/refs + ls-refs) and nothing else.
+    warm_posts = pack_fetches(origin) - cold_posts
+    assert warm_posts == 1
+    assert proxy.log_lines("git-upload-pack 200", count=1)
+    hits = [line for line in proxy.log.splitlines() if "git-upload-pack" in line and " hit" in line]
+    assert len(hits) >= 1
+
+
+def test_pinned_fetch_into_an_empty_repository_is_cached(
+    origin: Origin,
+    proxy: ProxyProcess,
+    proxied_env: dict[str, str],
+    tmp_path: Path,
+    repo: tuple[Path, str],
+) -> None:
+    url = origin.url("git.test", "/git/pkg.git")
+    for name in ("first", "second"):
+        dest = tmp_path / name
+        run(["git", "init", "--quiet", str(dest)], proxied_env)
+        run(["git", "-C", str(dest), "fetch", "--quiet", url, repo[1]], proxied_env)
+        assert run(["git", "-C", str(dest), "cat-file", "-t", repo[1]], proxied_env).stdout == (
+            "commit\n"
+        )
+    hits = [line for line in proxy.log.splitlines() if "git-upload-pack" in line and " hit" in line]
+    assert len(hits) >= 1
+
+
+def test_clone_and_pinned_fetch_work_with_the_origin_stopped(
+    origin: Origin, start_proxy: StartProxy, tmp_path: Path, repo: tuple[Path, str], home: Path
+) -> None:
+    proxy = start_proxy(origin)
+    env = client_env(home, proxy.env())
+    url = origin.url("git.test", "/git/pkg.git")
+    clone(env, url, tmp_path / "online")
+    pinned = tmp_path / "pinned-online"
+    run(["git", "init", "--quiet", str(pinned)], env)
+    run(["git", "-C", str(pinned), "fetch", "--quiet", url, repo[1]], env)
+    origin.stop()
+    assert clone(env, url, tmp_path / "offline") == repo[1]
+    pinned = tmp_path / "pinned-offline"
+    run(["git", "init", "--quiet", str(pinned)], env)
+    run(["git", "-C", str(pinned), "fetch", "--quiet", url, repo[1]], env)
+    assert proxy.log_lines("serving last known refs")
+
+
+def test_push_passes_through_uncached(
+    origin: Origin,
+    proxy: ProxyProcess,
+    proxied_env: dict[str, str],
+    tmp_path: Path,
+    repo: tuple[Path, str],
+) -> None:
+    url = origin.url("git.test", "/git/pkg.git")
+    work = tmp_path / "pusher"
+    clone(proxied_env, url, work)
+    env = git_env(tmp_path / "home", proxied_env)
+    new_head = commit_file(work, "pushed.txt", b"pushed through the proxy\n", "Push", env)
+    run(["git", "-C", str(work), "push", "--quiet", "origin", "HEAD:main"], env)
+    assert run_git("rev-parse", "main", cwd=repo[0], env=env) == new_head
+    assert proxy.log_lines("git-receive-pack 200")
+    # A new clone sees the push: ref discovery was not answered from the cache.
+    assert clone(proxied_env, url, tmp_path / "after-push") == new_head
+
+
+def test_uv_installs_a_git_dependency_warm_and_with_the_origin_stopped(
+    origin: Origin, start_proxy: StartProxy, tmp_path: Path, repo: tuple[Path, str], home: Path
+) -> None:
+    proxy = start_proxy(origin)
+    env = client_env(home, proxy.env())
+    requirement = f"gitpkg @ git+{origin.url('git.test', '/git/pkg.git')}@{repo[1]}"
+
+    def install(target: Path) -> None:
+        run(
+            [
+                uv.find_uv_bin(),
+                "pip",
+                "install",
+                "--no-cache",
+                "--no-index",
+                "--python",
+                sys.executable,
+                "--target",
+                str(target),
+                requirement,
+            ],
+            env,
+        )
+        assert (target / "gitpkg" / "__init__.py").read_text() == "VALUE = 42\n"
+
+    install(tmp_path / "cold")
+    install(tmp_path / "warm")
+    origin.stop()
+    install(tmp_path / "offline")
+
+
+def test_cache_stats_count_git_packs_apart(
+    origin: Origin,
+    proxy: ProxyProcess,
+    proxied_env: dict[str, str],
+    tmp_path: Path,
+    repo: tuple[Path, str],
+) -> None:
+    url = origin.url("git.test", "/git/pkg.git")
+    clone(proxied_env, url, tmp_path / "a")
+    clone(proxied_env, url, tmp_path / "b")
+    proxy.stop()
+    stats = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "transcache",
+            "cache",
+            "stats",
+            "--json",
+            "--cache-dir",
+            str(proxy.workdir / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counters = json.loads(stats)
+    assert counters["git_hits"] >= 1
+    assert counters["git_bytes_from_cache"] > 0
