@@ -48,6 +48,7 @@ from ._protocol import (
     request_headers_for_upstream,
     response_headers_for_client,
 )
+from ._stats import ProxyStats, tag_from
 from ._store import Store
 from ._upstream import BodyReader, UpstreamPool
 from .install import doctor_pages
@@ -87,6 +88,8 @@ class _Exchange:
     status: int = 0
     bytes: int = 0
     cache: str = "-"
+    tag: str | None = None
+    offline_miss: bool = False
 
 
 class ProxyServer:
@@ -97,6 +100,7 @@ class ProxyServer:
         self.ca = ca
         self.pool = UpstreamPool(config)
         self.cache = Cache(config, store, self.pool) if store is not None else None
+        self.stats = ProxyStats()
         # Hosts whose clients rejected our leaf: tunnelled blind from then on.
         self.fallback_passthrough: set[str] = set()
         self.listeners: list[trio.SocketListener] = []
@@ -138,7 +142,7 @@ class ProxyServer:
     async def handle(self, stream: trio.abc.Stream) -> None:
         peer = _peer_name(stream)
         try:
-            await self._serve_http(stream, peer, tunnel=None)
+            await self._serve_http(stream, peer, tunnel=None, tag=None)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away; nothing to tell it
         except Exception:
@@ -148,7 +152,9 @@ class ProxyServer:
 
     # -- the HTTP loop -----------------------------------------------------------------------
 
-    async def _serve_http(self, stream: trio.abc.Stream, peer: str, tunnel: Origin | None) -> None:
+    async def _serve_http(
+        self, stream: trio.abc.Stream, peer: str, tunnel: Origin | None, tag: str | None
+    ) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
         channel = Channel(stream, conn)
         wait = self.config.header_timeout
@@ -157,9 +163,9 @@ class ProxyServer:
             if request is None:
                 return
             if request.method == b"CONNECT" and tunnel is None:
-                await self._connect(channel, request, peer)
+                await self._connect(channel, request, peer, tag_from(request.headers.raw_items()))
                 return
-            await self._respond(channel, request, peer, tunnel)
+            await self._respond(channel, request, peer, tunnel, tag)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -198,9 +204,15 @@ class ProxyServer:
         return None  # ConnectionClosed
 
     async def _respond(
-        self, channel: Channel, request: h11.Request, peer: str, tunnel: Origin | None
+        self,
+        channel: Channel,
+        request: h11.Request,
+        peer: str,
+        tunnel: Origin | None,
+        tunnel_tag: str | None,
     ) -> None:
         exchange = _Exchange(peer, request.method.decode("ascii", "replace"))
+        exchange.tag = tag_from(list(request.headers.raw_items())) or tunnel_tag
         started = trio.current_time()
         try:
             target = parse_target(request.target)
@@ -212,6 +224,7 @@ class ProxyServer:
                 exchange.url = origin.url(target.path)
                 await self._forward(channel, request, origin, target.path, exchange)
         except ProxyError as error:
+            exchange.offline_miss = isinstance(error, OfflineMissError)
             await self._reject(channel, exchange, error, log_it=False)
         finally:
             self._log_access(exchange, started)
@@ -316,8 +329,11 @@ class ProxyServer:
 
     # -- CONNECT -----------------------------------------------------------------------------
 
-    async def _connect(self, channel: Channel, request: h11.Request, peer: str) -> None:
+    async def _connect(
+        self, channel: Channel, request: h11.Request, peer: str, tag: str | None
+    ) -> None:
         exchange = _Exchange(peer, "CONNECT", request.target.decode("ascii", "replace"))
+        exchange.tag = tag
         started = trio.current_time()
         try:
             host, port = parse_authority(request.target)
@@ -357,7 +373,7 @@ class ProxyServer:
             log.info("%s: TLS handshake for %s timed out", peer, host)
             return
         try:
-            await self._serve_http(tls, peer, tunnel=origin)
+            await self._serve_http(tls, peer, tunnel=origin, tag=tag)
         finally:
             await trio.aclose_forcefully(tls)
 
@@ -451,7 +467,18 @@ class ProxyServer:
             pass
 
     def _log_access(self, exchange: _Exchange, started: float | None) -> None:
-        elapsed = "-" if started is None else f"{(trio.current_time() - started) * 1000:.0f}ms"
+        seconds = 0.0 if started is None else trio.current_time() - started
+        if exchange.method != "CONNECT":
+            self.stats.record(
+                exchange.tag,
+                exchange.url,
+                exchange.status,
+                exchange.bytes,
+                seconds,
+                exchange.cache,
+                exchange.offline_miss,
+            )
+        elapsed = "-" if started is None else f"{seconds * 1000:.0f}ms"
         access_log.info(
             "%s %s %s %d %d %s %s",
             exchange.peer,

@@ -18,6 +18,7 @@ from ._ca import CertificateAuthority
 from ._config import DEFAULT_CONNECT_PORTS, Config, parse_resolve
 from ._env import client_environment, write_bundle
 from ._server import ProxyServer
+from ._stats import ProxyStats
 from ._store import Store
 
 BUNDLE_NAME = "bundle.pem"
@@ -70,6 +71,10 @@ class RunningProxy:
     def env(self) -> dict[str, str]:
         """Proxy and CA variables for a subprocess (merge them into os.environ's copy)."""
         return client_environment(self.url, self.bundle_path, self.ca_path)
+
+    def stats(self) -> ProxyStats:
+        """What this proxy served so far: totals and per client tag (live, not a copy)."""
+        return self.server.stats
 
 
 def _start_ca(config: Config) -> tuple[CertificateAuthority, Path]:

@@ -1,0 +1,75 @@
+"""What one proxy process served, in memory: totals, and the same per client tag.
+
+A tag is the user name a client puts in the proxy URL (``http://TAG@127.0.0.1:PORT``), which
+clients send as ``Proxy-Authorization: Basic``; inside a CONNECT tunnel the tunnel's tag
+holds. The pytest plugin gives each test its own tag, so traffic is attributed to tests;
+`transcache exec` prints the totals."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+from ._protocol import Headers, header_value
+
+# Cache outcomes that were answered without the origin.
+FROM_CACHE = frozenset({"hit", "offline"})
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    hits: int = 0
+    upstream_requests: int = 0
+    upstream_bytes: int = 0
+    bytes_from_cache: int = 0
+    upstream_seconds: float = 0.0
+    offline_misses: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ProxyStats:
+    total: Counters = field(default_factory=Counters)
+    by_tag: dict[str, Counters] = field(default_factory=dict)
+
+    def record(
+        self,
+        tag: str | None,
+        url: str,
+        status: int,
+        size: int,
+        seconds: float,
+        cache: str,
+        offline_miss: bool,
+    ) -> None:
+        targets = [self.total]
+        if tag:
+            targets.append(self.by_tag.setdefault(tag, Counters()))
+        for counters in targets:
+            counters.requests += 1
+            if offline_miss:
+                counters.offline_misses.append(url)
+            elif cache in FROM_CACHE:
+                counters.hits += 1
+                counters.bytes_from_cache += size
+            elif status:
+                counters.upstream_requests += 1
+                counters.upstream_bytes += size
+                counters.upstream_seconds += seconds
+
+
+def tag_from(headers: Headers) -> str | None:
+    """The user name of a Basic Proxy-Authorization header, if any."""
+    value = header_value(headers, b"proxy-authorization")
+    if value is None:
+        return None
+    scheme, _, encoded = value.partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user = decoded.partition(":")[0]
+    return user or None
