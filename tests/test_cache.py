@@ -427,3 +427,36 @@ def test_cache_commands_show_and_maintain_the_store(
     assert stored_bodies(proxy) == []
     assert transcache("clear").returncode == 0
     assert json.loads(transcache("stats", "--json").stdout)["entries"] == 0
+
+
+def test_two_proxies_share_one_cache_dir(
+    origin: Origin, start_proxy: StartProxy, home: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared-cache"
+    data = os.urandom(2 * MiB)
+    origin.add_file("/shared.whl", data)
+    url = origin.url("files.test", "/shared.whl")
+    first = start_proxy(origin, name="first", args=["--cache-dir", str(shared)])
+    second = start_proxy(origin, name="second", args=["--cache-dir", str(shared)])
+    assert fetch(client_env(home, first.env()), url)[2] == data
+    status, headers, body = fetch(client_env(home, second.env()), url)
+    assert (status, body) == (200, data)
+    assert headers["cache-status"] == "transcache; hit"
+    assert len(origin.requests_to("/shared.whl")) == 1
+    # Each process keeps its own temp dir; neither removed the other's.
+    assert len(list((shared / "v1" / "tmp").iterdir())) == 2
+
+
+def test_unusable_cache_dir_degrades_to_a_pass_through_proxy(
+    origin: Origin, start_proxy: StartProxy, home: Path, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("the cache dir cannot live under a file")
+    origin.add_file("/through.whl", b"still served")
+    proxy = start_proxy(origin, args=["--cache-dir", str(not_a_dir / "cache")])
+    url = origin.url("files.test", "/through.whl")
+    for _ in range(2):
+        status, _, body = fetch(client_env(home, proxy.env()), url)
+        assert (status, body) == (200, b"still served")
+    assert proxy.log_lines("cache disabled")
+    assert len(origin.requests_to("/through.whl")) == 2

@@ -80,6 +80,14 @@ class Outcome:
 # -- responses served from a stored body ----------------------------------------------------
 
 
+class _EntryGone(Exception):
+    """A stored body vanished (evicted, deleted) between lookup and reading."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
 class StoredResponse:
     """A response whose body is (part of) a stored blob, read straight from disk."""
 
@@ -102,7 +110,10 @@ class StoredResponse:
         self._remaining = length
         if entry is not None and length:
             # Opened now: an eviction after this point cannot take the body away.
-            self._fd = os.open(entry.body_path, os.O_RDONLY)
+            try:
+                self._fd = os.open(entry.body_path, os.O_RDONLY)
+            except OSError:
+                raise _EntryGone(entry.key) from None
 
     async def read(self) -> bytes:
         if self._remaining <= 0:
@@ -225,6 +236,21 @@ class Cache:
     # -- the decision -----------------------------------------------------------------------
 
     async def respond(
+        self,
+        method: bytes,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        outcome: Outcome,
+    ) -> ResponseSource:
+        """Answer a cacheable GET or HEAD (see the module comment)."""
+        try:
+            return await self._respond_once(method, origin, path, client_headers, outcome)
+        except _EntryGone as gone:
+            self.store.remove(gone.key)  # evicted between lookup and open: now a miss
+            return await self._respond_once(method, origin, path, client_headers, outcome)
+
+    async def _respond_once(
         self, method: bytes, origin: Origin, path: str, client_headers: Headers, outcome: Outcome
     ) -> ResponseSource:
         url = origin.url(path)
@@ -281,6 +307,21 @@ class Cache:
     ) -> ResponseSource:
         """Pack fetches for object ids are cached as immutable; ref discovery always asks
         upstream and keeps the answer only for when upstream cannot be reached."""
+        try:
+            return await self._respond_git_once(method, origin, path, client_headers, body, outcome)
+        except _EntryGone as gone:
+            self.store.remove(gone.key)
+            return await self._respond_git_once(method, origin, path, client_headers, body, outcome)
+
+    async def _respond_git_once(
+        self,
+        method: bytes,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        body: bytes | None,
+        outcome: Outcome,
+    ) -> ResponseSource:
         url = origin.url(path)
         protocol = (header_value(client_headers, b"git-protocol") or b"").decode("latin-1")
         partition = policy.credential_partition(client_headers, None)

@@ -4,6 +4,7 @@ environment a subprocess needs to go through the proxy."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -22,6 +23,8 @@ from ._stats import ProxyStats
 from ._store import Store
 
 BUNDLE_NAME = "bundle.pem"
+
+log = logging.getLogger("transcache")
 
 
 def make_config(**options: Any) -> Config:
@@ -82,6 +85,18 @@ def _start_ca(config: Config) -> tuple[CertificateAuthority, Path]:
     return ca, write_bundle(config.ca_dir / BUNDLE_NAME, ca.cert_pem)
 
 
+def _open_store(config: Config) -> Store | None:
+    """The cache, or None (with a warning) when it is off or its directory is unusable:
+    a broken cache dir degrades to a pass-through proxy, it does not stop one."""
+    if not config.cache:
+        return None
+    try:
+        return Store(config.cache_dir, config.max_size)
+    except OSError as exc:
+        log.warning("cache disabled: cannot use %s: %s", config.cache_dir, exc)
+        return None
+
+
 def proxy_url(server: ProxyServer) -> str:
     host, port = server.address
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -102,7 +117,7 @@ async def open_proxy(
     elif options:
         raise TypeError("pass either a Config or keyword options, not both")
     ca, bundle = _start_ca(config)
-    store = Store(config.cache_dir, config.max_size) if config.cache else None
+    store = _open_store(config)
     server = ProxyServer(config, ca, store)
     if listeners is None:
         listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
