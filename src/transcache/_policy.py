@@ -4,8 +4,9 @@ long it stays fresh, how to revalidate it, and what the client is told.
 transcache is a shared cache, with these documented policies on top of the RFC:
 - Requests with `Authorization` are stored in a partition named by a hash of the credential
   (unless the response says `public`), so one credential's response never answers another's.
-- `Vary` is honoured with header values normalised; per-request noise (`User-Agent`, `npm-*`,
-  `pacote-*`, `Pragma`) is left out of the key even when an origin varies on it.
+- `Vary` is honoured with header values normalised; per-request noise (`User-Agent`,
+  `Pragma`, `Cache-Control`, `npm-*`, `pacote-*`, request ids) is left out of the key even
+  when an origin varies on it. `Cookie` is not noise: a response varying on it is keyed on it.
 - Immutable responses (`immutable`, or `max-age` of a year or more, or an `immutable` rule)
   are never revalidated; a client's `no-cache`/`max-age=0` turns into a conditional
   revalidation for everything else.
@@ -14,6 +15,7 @@ transcache is a shared cache, with these documented policies on top of the RFC:
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import fnmatch
 import hashlib
@@ -30,7 +32,7 @@ HEURISTIC_MAX = 24 * 3600
 STORABLE_STATUSES = frozenset({200, 203, 300, 301, 308, 404, 410})
 # Request fields never part of a key, whatever Vary says: they differ per client, not per
 # representation.
-NOISE_FIELDS = frozenset({"user-agent", "pragma", "cache-control", "connection", "cookie"})
+NOISE_FIELDS = frozenset({"user-agent", "pragma", "cache-control", "connection"})
 NOISE_PREFIXES = ("npm-", "pacote-", "x-request-id", "traceparent")
 CONDITIONAL_FIELDS = frozenset(
     {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
@@ -101,6 +103,8 @@ def parse_http_date(value: bytes | None) -> float | None:
         parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError):
         return None
+    if parsed.tzinfo is None:  # asctime format: UTC by definition (RFC 9110 5.6.7)
+        parsed = parsed.replace(tzinfo=datetime.UTC)
     return parsed.timestamp()
 
 
@@ -207,7 +211,9 @@ def is_immutable(response_headers: Headers, rule: Rule | None) -> bool:
         return False
     if "immutable" in cc:
         return True
-    max_age = _seconds(cc.get("s-maxage")) or _seconds(cc.get("max-age"))
+    max_age = _seconds(cc.get("s-maxage"))  # a shared cache obeys s-maxage first
+    if max_age is None:
+        max_age = _seconds(cc.get("max-age"))
     return max_age is not None and max_age >= YEAR
 
 
@@ -309,10 +315,10 @@ def not_modified_for_client(request_headers: Headers, stored_headers: Headers) -
     etag = header_value(stored_headers, b"etag")
     if_none_match = header_value(request_headers, b"if-none-match")
     if if_none_match is not None:
-        if etag is None:
-            return False
         wanted = _etags(if_none_match)
-        return b"*" in wanted or etag.removeprefix(b"W/") in wanted
+        if b"*" in wanted:
+            return True
+        return etag is not None and etag.removeprefix(b"W/") in wanted
     since = parse_http_date(header_value(request_headers, b"if-modified-since"))
     modified = parse_http_date(header_value(stored_headers, b"last-modified"))
     return since is not None and modified is not None and modified <= since
@@ -351,14 +357,14 @@ def parse_range(
     first, dash, last = spec.strip().partition("-")
     if not dash or not (first.isdigit() or last.isdigit()):
         return None
+    if (first and not first.isdigit()) or (last and not last.isdigit()):
+        return None  # invalid range: ignored
     if not first:  # suffix: the last N bytes
         length = int(last)
         if length == 0 or size == 0:
             raise Unsatisfiable
         return max(0, size - length), size - 1
     start = int(first)
-    if last and not last.isdigit():
-        return None
     end = min(int(last), size - 1) if last else size - 1
     if last and int(last) < start:
         return None  # invalid range: ignored

@@ -43,6 +43,10 @@ LAYOUT = "v1"
 LOCK_NAME = "lock"
 STATS_NAME = "stats.json"
 HASH_CHUNK = 1024 * 1024
+# Temp dirs are created under this prefix and renamed once locked; a staging dir is left
+# alone this long (its process may be starting).
+STAGING_PREFIX = ".new-"
+STAGING_GRACE = 600.0
 
 
 def _sharded(root: Path, digest: str) -> Path:
@@ -153,10 +157,15 @@ class Store:
         for directory in (self.meta, self.blobs, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
         self._clean_stale_tmp()
-        self._own_tmp = self.tmp / f"{os.getpid()}-{secrets.token_hex(4)}"
-        self._own_tmp.mkdir()
-        self._lock_fd = os.open(self._own_tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        # The dir gets its final name only once locked, so no other process starting now
+        # can take it for a dead one's.
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        staging = self.tmp / f"{STAGING_PREFIX}{name}"
+        staging.mkdir()
+        self._lock_fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._own_tmp = self.tmp / name
+        os.rename(staging, self._own_tmp)
         self.size = sum(size for _, size, _ in self._blobs())
         self._pending: dict[str, int] = {}
 
@@ -168,10 +177,17 @@ class Store:
     def _clean_stale_tmp(self) -> None:
         """Remove temp dirs of processes that are gone (their lock is free)."""
         for directory in self.tmp.iterdir():
+            if directory.name.startswith(STAGING_PREFIX):
+                # A process between creating and locking its dir (leave it), or one that died
+                # right there long ago (remove it).
+                with contextlib.suppress(OSError):
+                    if time.time() - directory.stat().st_mtime > STAGING_GRACE:
+                        shutil.rmtree(directory, ignore_errors=True)
+                continue
             try:
-                fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = os.open(directory / LOCK_NAME, os.O_RDWR)
             except OSError:
-                shutil.rmtree(directory, ignore_errors=True)
+                shutil.rmtree(directory, ignore_errors=True)  # never was a live one's
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -332,7 +348,9 @@ class Store:
             checked += 1
             if digest.hexdigest() != path.name:
                 with contextlib.suppress(OSError):
+                    size = path.stat().st_size
                     path.unlink()
+                    self.size -= size
                 removed.append(path)
         self.prune()
         return checked, removed
@@ -356,7 +374,8 @@ class Store:
         try:
             with self._locked_stats() as counters:
                 for name, amount in pending.items():
-                    counters[name] = counters.get(name, 0) + amount
+                    current = counters.get(name, 0)
+                    counters[name] = (current if isinstance(current, int) else 0) + amount
         except OSError as exc:
             log.warning("cannot update %s: %s", self.root / STATS_NAME, exc)
 
