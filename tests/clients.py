@@ -4,7 +4,11 @@ a failure message that carries what the client printed."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import uv
 
 CLIENT_TIMEOUT = 300.0
 
@@ -32,3 +36,29 @@ def curl(
     env: Mapping[str, str], *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     return run(["curl", "--silent", "--show-error", "--max-time", "120", *args], env, check=check)
+
+
+# pip and uv with their own caches and configuration off, as the cache tests need them.
+PIP = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "--no-cache-dir"]
+
+
+def uv_pip_install(
+    env: Mapping[str, str], index: str, target: Path, *requirements: str, extra: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        [
+            uv.find_uv_bin(),
+            "pip",
+            "install",
+            "--no-cache",
+            "--python",
+            sys.executable,
+            "--index-url",
+            index,
+            "--target",
+            str(target),
+            *extra,
+            *requirements,
+        ],
+        env,
+    )

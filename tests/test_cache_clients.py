@@ -4,13 +4,11 @@ revalidations of index pages), and installs byte-identical files."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-import uv
 
-from .clients import run
+from .clients import PIP, run, uv_pip_install
 from .origin import Origin, RecordedRequest
 from .packages import build_wheel, write_simple_index
 from .proxyproc import ProxyProcess
@@ -40,12 +38,7 @@ def is_conditional_index_request(request: RecordedRequest) -> bool:
 def pip_install(env: dict[str, str], index: str, target: Path) -> None:
     run(
         [
-            sys.executable,
-            "-m",
-            "pip",
-            "--isolated",
-            "--disable-pip-version-check",
-            "--no-cache-dir",
+            *PIP,
             "install",
             "--no-compile",
             "--index-url",
@@ -59,22 +52,7 @@ def pip_install(env: dict[str, str], index: str, target: Path) -> None:
 
 
 def uv_install(env: dict[str, str], index: str, target: Path) -> None:
-    run(
-        [
-            uv.find_uv_bin(),
-            "pip",
-            "install",
-            "--no-cache",
-            "--python",
-            sys.executable,
-            "--index-url",
-            index,
-            "--target",
-            str(target),
-            PROJECTS[0],
-        ],
-        env,
-    )
+    uv_pip_install(env, index, target, PROJECTS[0])
 
 
 @pytest.mark.parametrize("installer", [pip_install, uv_install], ids=["pip", "uv"])

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import uv
-
-from .clients import run
+from .clients import PIP, run, uv_pip_install
 from .gitrepo import make_repo, run_git
 from .origin import Origin
 from .packages import make_index
@@ -23,7 +20,7 @@ def test_pip_download_and_install_through_the_proxy(
     origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str], tmp_path: Path
 ) -> None:
     wheels = make_index(origin, tmp_path / "dists")
-    pip = [sys.executable, "-m", "pip", "--isolated", "--no-cache-dir"]
+    pip = PIP
     downloads = tmp_path / "downloads"
     run(
         [
@@ -57,23 +54,7 @@ def test_uv_pip_install_through_the_proxy(
 ) -> None:
     make_index(origin, tmp_path / "dists")
     target = tmp_path / "site"
-    run(
-        [
-            uv.find_uv_bin(),
-            "pip",
-            "install",
-            "--no-cache",
-            "--python",
-            sys.executable,
-            "--index-url",
-            index_url(origin),
-            "--target",
-            str(target),
-            "alpha",
-            "delta",
-        ],
-        proxied_env,
-    )
+    uv_pip_install(proxied_env, index_url(origin), target, "alpha", "delta")
     for package in ("alpha", "beta", "gamma", "delta"):
         assert (target / f"{package}_pkg" / "__init__.py").is_file()
 

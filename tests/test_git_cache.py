@@ -87,6 +87,13 @@ def clone(env: dict[str, str], url: str, dest: Path, *args: str) -> str:
     return run(["git", "-C", str(dest), "rev-parse", "HEAD"], env).stdout.strip()
 
 
+def pinned_fetch(env: dict[str, str], url: str, dest: Path, commit: str) -> None:
+    """What uv does for a pinned git dependency: fetch one commit into an empty repository."""
+    run(["git", "init", "--quiet", str(dest)], env)
+    run(["git", "-C", str(dest), "fetch", "--quiet", url, commit], env)
+    assert run(["git", "-C", str(dest), "cat-file", "-t", commit], env).stdout == "commit\n"
+
+
 @pytest.mark.parametrize("depth", [[], ["--depth", "1"]], ids=["full", "shallow"])
 def test_second_clone_receives_its_pack_from_the_cache(
     origin: Origin,
@@ -118,12 +125,7 @@ def test_pinned_fetch_into_an_empty_repository_is_cached(
 ) -> None:
     url = origin.url("git.test", "/git/pkg.git")
     for name in ("first", "second"):
-        dest = tmp_path / name
-        run(["git", "init", "--quiet", str(dest)], proxied_env)
-        run(["git", "-C", str(dest), "fetch", "--quiet", url, repo[1]], proxied_env)
-        assert run(["git", "-C", str(dest), "cat-file", "-t", repo[1]], proxied_env).stdout == (
-            "commit\n"
-        )
+        pinned_fetch(proxied_env, url, tmp_path / name, repo[1])
     hits = [line for line in proxy.log.splitlines() if "git-upload-pack" in line and " hit" in line]
     assert len(hits) >= 1
 
@@ -135,14 +137,10 @@ def test_clone_and_pinned_fetch_work_with_the_origin_stopped(
     env = client_env(home, proxy.env())
     url = origin.url("git.test", "/git/pkg.git")
     clone(env, url, tmp_path / "online")
-    pinned = tmp_path / "pinned-online"
-    run(["git", "init", "--quiet", str(pinned)], env)
-    run(["git", "-C", str(pinned), "fetch", "--quiet", url, repo[1]], env)
+    pinned_fetch(env, url, tmp_path / "pinned-online", repo[1])
     origin.stop()
     assert clone(env, url, tmp_path / "offline") == repo[1]
-    pinned = tmp_path / "pinned-offline"
-    run(["git", "init", "--quiet", str(pinned)], env)
-    run(["git", "-C", str(pinned), "fetch", "--quiet", url, repo[1]], env)
+    pinned_fetch(env, url, tmp_path / "pinned-offline", repo[1])
     assert proxy.log_lines("serving last known refs")
 
 

@@ -242,16 +242,28 @@ class Cache:
         path: str,
         client_headers: Headers,
         outcome: Outcome,
+        *,
+        git: bool = False,
+        body: bytes | None = None,
     ) -> ResponseSource:
-        """Answer a cacheable GET or HEAD (see the module comment)."""
+        """Answer a cacheable GET or HEAD, or (git=True) a git smart-HTTP request whose
+        body, if any, was read whole: pack fetches for object ids are cached as immutable;
+        ref discovery always asks upstream and keeps the answer for when it cannot."""
+        once = self._respond_git_once if git else self._respond_once
         try:
-            return await self._respond_once(method, origin, path, client_headers, outcome)
+            return await once(method, origin, path, client_headers, body, outcome)
         except _EntryGone as gone:
             self.store.remove(gone.key)  # evicted between lookup and open: now a miss
-            return await self._respond_once(method, origin, path, client_headers, outcome)
+            return await once(method, origin, path, client_headers, body, outcome)
 
     async def _respond_once(
-        self, method: bytes, origin: Origin, path: str, client_headers: Headers, outcome: Outcome
+        self,
+        method: bytes,
+        origin: Origin,
+        path: str,
+        client_headers: Headers,
+        body: bytes | None,
+        outcome: Outcome,
     ) -> ResponseSource:
         url = origin.url(path)
         rule = self._rule(url, path)
@@ -295,23 +307,6 @@ class Cache:
         return rule
 
     # -- git smart HTTP ---------------------------------------------------------------------
-
-    async def respond_git(
-        self,
-        method: bytes,
-        origin: Origin,
-        path: str,
-        client_headers: Headers,
-        body: bytes | None,
-        outcome: Outcome,
-    ) -> ResponseSource:
-        """Pack fetches for object ids are cached as immutable; ref discovery always asks
-        upstream and keeps the answer only for when upstream cannot be reached."""
-        try:
-            return await self._respond_git_once(method, origin, path, client_headers, body, outcome)
-        except _EntryGone as gone:
-            self.store.remove(gone.key)
-            return await self._respond_git_once(method, origin, path, client_headers, body, outcome)
 
     async def _respond_git_once(
         self,

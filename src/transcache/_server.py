@@ -273,8 +273,8 @@ class ProxyServer:
             outcome = Outcome()
             whole = await _read_whole(read_body) if body is not None else None
             try:
-                response = await self.cache.respond_git(
-                    request.method, origin, path, raw, whole, outcome
+                response = await self.cache.respond(
+                    request.method, origin, path, raw, outcome, git=True, body=whole
                 )
             finally:
                 exchange.cache = outcome.label
