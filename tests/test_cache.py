@@ -460,3 +460,13 @@ def test_unusable_cache_dir_degrades_to_a_pass_through_proxy(
         assert (status, body) == (200, b"still served")
     assert proxy.log_lines("cache disabled")
     assert len(origin.requests_to("/through.whl")) == 2
+
+
+def test_uncacheable_requests_say_why_in_cache_status(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    url = origin.url("files.test", "/echo")
+    _, posted, _ = fetch(proxied_env, url, "--data", "x=1")
+    assert posted["cache-status"] == "transcache; fwd=method"
+    _, no_store, _ = fetch(proxied_env, url, "--header", "Cache-Control: no-store")
+    assert no_store["cache-status"] == "transcache; fwd=request"

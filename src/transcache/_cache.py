@@ -548,7 +548,7 @@ class Cache:
         if writer is None or self._nursery is None:
             outcome.label = "miss"
             status = policy.cache_status("miss", fwd_status=response.status, detail=reason)
-            return _Annotated(response, [(b"Cache-Status", status)])
+            return Annotated(response, [(b"Cache-Status", status)])
         if header_value(response.headers, b"content-length") is not None:
             stored_headers.append(
                 (b"Content-Length", header_value(response.headers, b"content-length") or b"0")
@@ -700,10 +700,10 @@ class Cache:
         headers = request_headers_for_upstream(client_headers, origin)
         response = await self.pool.request(origin, method, path.encode(), headers, _replay(body))
         status = policy.cache_status(label, fwd_status=response.status)
-        return _Annotated(response, [(b"Cache-Status", status)])
+        return Annotated(response, [(b"Cache-Status", status)])
 
 
-class _Annotated:
+class Annotated:
     """An upstream response passed through, with extra headers for the client."""
 
     def __init__(self, response: UpstreamResponse, extra: Headers) -> None:

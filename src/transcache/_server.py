@@ -24,7 +24,7 @@ import h11
 import trio
 
 from ._ca import CAError, CertificateAuthority, InvalidHostError
-from ._cache import Cache, Outcome, ResponseSource
+from ._cache import Annotated, Cache, Outcome, ResponseSource
 from ._channel import READ_SIZE, Channel, PrefixedStream, splice
 from ._config import Config
 from ._errors import (
@@ -38,7 +38,7 @@ from ._errors import (
     RequestTimeoutError,
 )
 from ._git import MAX_DECODED_BODY, is_ref_discovery_get, is_upload_pack_post
-from ._policy import request_bypasses_cache
+from ._policy import cache_status, request_bypasses_cache
 from ._protocol import (
     Headers,
     Origin,
@@ -292,6 +292,9 @@ class ProxyServer:
             raise OfflineMissError(f"offline: {exchange.url} cannot be answered from the cache")
         else:
             response = await self.pool.request(origin, request.method, path.encode(), headers, body)
+            if self.cache is not None:
+                why = "method" if request.method not in (b"GET", b"HEAD") else "request"
+                response = Annotated(response, [(b"Cache-Status", cache_status(why))])
         try:
             exchange.status = response.status
             await channel.send(
