@@ -500,6 +500,9 @@ def _serve_git(exchange: Exchange, *, prefix: str, project_root: Path) -> None:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without this, Nagle holds the second
+    # until the client's delayed ACK, 40 ms per response.
+    disable_nagle_algorithm = True
     timeout = SOCKET_TIMEOUT
 
     @property

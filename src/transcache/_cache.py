@@ -153,6 +153,8 @@ class Flight:
     path: str = ""
     written: int = 0
     finished: bool = False
+    # Every body byte has arrived (publishing may still be under way): readers can end.
+    body_complete: bool = False
     error: str | None = None
     spilled: bool = False
     readers: set[FlightReader] = field(default_factory=set)
@@ -196,6 +198,8 @@ class FlightReader:
                     return await self._live.receive()
                 except trio.EndOfChannel:
                     pass
+            if flight.body_complete and not flight.spilled:
+                return b""
             if flight.finished or flight.spilled:
                 if flight.error is not None:
                     raise UpstreamError(flight.error)
@@ -617,6 +621,8 @@ class Cache:
                         flight.notify()
                         continue
                 await self._feed_readers(flight, chunk)
+            flight.body_complete = True
+            flight.notify()
             if live_writer is not None:
                 fields = {
                     "key": flight.key + "\n" + flight.variant,
