@@ -18,6 +18,7 @@ class Channel:
     def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
         self.stream = stream
         self.conn = conn
+        self._pending: list[bytes] = []
 
     async def receive_into_buffer(self) -> None:
         """Read once from the transport into h11's buffer (b"" marks end of stream)."""
@@ -35,8 +36,20 @@ class Channel:
             return event
 
     async def send(self, event: h11.Event) -> None:
+        self.queue(event)
+        await self.flush()
+
+    def queue(self, event: h11.Event) -> None:
+        """Frame `event` now, send it with the next flush: a response head and its first
+        body bytes go out in one write (one TLS record, one segment for small bodies)."""
         data = self.conn.send(event)
         if data:
+            self._pending.append(data)
+
+    async def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
             await self.stream.send_all(data)
 
 

@@ -297,7 +297,7 @@ class ProxyServer:
                 response = Annotated(response, [(b"Cache-Status", cache_status(why))])
         try:
             exchange.status = response.status
-            await channel.send(
+            channel.queue(
                 h11.Response(
                     status_code=response.status,
                     headers=response_headers_for_client(response.headers),
@@ -310,10 +310,12 @@ class ProxyServer:
                 except ProxyError as error:
                     # Headers are out: the only honest signal left is an incomplete body.
                     log.warning("%s: response cut off: %s", exchange.url, error)
+                    await channel.flush()
                     return
                 if not chunk:
                     break
-                await channel.send(h11.Data(data=chunk))
+                channel.queue(h11.Data(data=chunk))
+                await channel.flush()
                 exchange.bytes += len(chunk)
             await channel.send(h11.EndOfMessage())
         finally:

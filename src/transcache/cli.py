@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import fnmatch
 import json
 import logging
@@ -12,6 +13,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from . import _notify, _paths
+from . import _archive, _notify, _paths
 from ._ca import CAError, CertificateAuthority
 from ._config import (
     DEFAULT_CONNECT_PORTS,
@@ -58,6 +60,7 @@ STAT_COUNTERS = (
     "bytes_from_upstream",
     "offline_misses",
     "git_hits",
+    "git_misses",
     "git_bytes_from_cache",
 )
 
@@ -278,6 +281,7 @@ def _add_cache_parser(commands: Any) -> None:
     )
     cache_commands.add_parser("clear", help="delete every stored response")
     cache_commands.add_parser("verify", help="re-hash every body; remove corrupt ones")
+    _add_cache_export_import(cache_commands)
     for sub in cache_commands.choices.values():
         _add_cache_dir(sub)
 
@@ -304,9 +308,67 @@ def _command_cache(args: argparse.Namespace) -> int:
                 print(f"removed corrupt body {path}")
             print(f"verified {checked} bodies, {len(corrupt)} corrupt")
             return 1 if corrupt else 0
+        elif args.cache_command in ("export", "import"):
+            return _command_cache_archive(store, args)
     finally:
         store.close()
     return 0
+
+
+def _since(text: str) -> float:
+    """A time as seconds since the epoch, or ISO 8601 (UTC unless it names a zone)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds since the epoch or an ISO 8601 time, got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
+def _add_cache_export_import(cache_commands: Any) -> None:
+    export = cache_commands.add_parser(
+        "export", help="write cached responses to a compressed archive (for CI caches)"
+    )
+    export.add_argument("file", type=Path, help="the archive to write (tar.gz)")
+    export.add_argument("pattern", nargs="?", default="*", help="shell pattern on the URL")
+    export.add_argument(
+        "--since",
+        type=_since,
+        metavar="TIME",
+        help="only entries stored or served since TIME (epoch seconds or ISO 8601), e.g. "
+        "the start of a CI run: the entries that run used",
+    )
+    import_ = cache_commands.add_parser(
+        "import", help="add an archive's responses to the cache, checking every body"
+    )
+    import_.add_argument("file", type=_existing_file, help="an archive from `cache export`")
+
+
+def _command_cache_archive(store: Store, args: argparse.Namespace) -> int:
+    try:
+        if args.cache_command == "export":
+            result = _archive.export_archive(store, args.file, args.pattern, args.since)
+            verb, preposition = "exported", "to"
+        else:
+            result = _archive.import_archive(store, args.file)
+            verb, preposition = "imported", "from"
+    except tarfile.TarError as exc:
+        print(f"transcache: {args.file}: not a cache archive: {exc}", file=sys.stderr)
+        return 1
+    for reason in result.skipped:
+        print(f"skipped {reason}")
+    print(
+        f"{verb} {result.entries} entries ({result.bodies} bodies, {result.bytes} bytes) "
+        f"{preposition} {args.file}"
+    )
+    return 1 if result.skipped and args.cache_command == "import" else 0
 
 
 def _print_stats(store: Store, as_json: bool) -> None:
@@ -572,7 +634,7 @@ def _command_exec(args: argparse.Namespace) -> int:
     settings = installer.installed_settings() or Settings()
     if not options_given and answers(settings.url):
         status = trio.run(execute.run_with_service, command, settings.environment())
-        summary = execute.Summary(settings.url, counted=False)
+        summary = execute.summary_line(settings.url, None)
     else:
         config = _config_from(args)
         if args.listen == defaults.listen:
@@ -582,7 +644,7 @@ def _command_exec(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"transcache exec: cannot start the proxy: {exc}", file=sys.stderr)
             return 1
-    print(summary.line(), file=sys.stderr)
+    print(summary, file=sys.stderr)
     return status
 
 
