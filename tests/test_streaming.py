@@ -36,3 +36,22 @@ def test_chunked_response_arrives_byte_exact(
     out = tmp_path / "body"
     curl(proxied_env, "--output", str(out), origin.url("files.test", f"/chunked/{size}"))
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(pattern(size)).digest()
+
+
+def test_large_upload_streams_without_growing_the_proxy(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str], tmp_path: Path
+) -> None:
+    size = 256 * 1024 * 1024  # several times the RSS bound: buffering it would show
+    payload = tmp_path / "upload.bin"
+    with payload.open("wb") as f:
+        f.truncate(size)  # sparse: costs no disk, reads as zeros
+    result = curl(
+        proxied_env,
+        "--header",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        f"@{payload}",
+        origin.url("files.test", "/echo"),
+    )
+    assert f'"body_len": {size}' in result.stdout
+    assert proxy.peak_rss_bytes() < RSS_LIMIT
