@@ -1,0 +1,233 @@
+"""`transcache doctor`: each installed client (pip, uv, git, curl, cargo, npm) makes one fetch
+of its own kind, with the user's environment, from the pages the proxy serves for
+transcache.invalid (doctor_pages.py). A fetch that works proves the client uses the proxy
+and trusts its CA. When one fails, the cause is looked for in order: the client's proxy or
+CA variable missing, nothing answering at the proxy address, the CA file not holding the
+proxy's CA, npm configured with its own CA file; else the client's own last words.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .doctor_pages import DOCTOR_URL, PROJECT
+from .health import HEALTH_TIMEOUT, answers
+
+CLIENT_TIMEOUT = 60.0
+ENV_FIX = 'run eval "$(transcache env)" (or open a new shell after `transcache install`)'
+CARGO_REGISTRY = "transcache-doctor"
+CARGO_REGISTRY_VARIABLE = "CARGO_REGISTRIES_TRANSCACHE_DOCTOR_INDEX"
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy")
+INDEX_URL = f"{DOCTOR_URL}/simple/"
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    executables: tuple[str, ...]
+    # The variables it needs: proxy variables (any one will do) and its CA variable.
+    proxy_variables: tuple[str, ...]
+    ca_variable: str
+    # (executable, scratch dir) -> argv
+    command: Callable[[str, Path], list[str]]
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+
+def _pip(exe: str, scratch: Path) -> list[str]:
+    return [
+        exe,
+        "download",
+        "--no-deps",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--dest",
+        str(scratch),
+        "--index-url",
+        INDEX_URL,
+        PROJECT,
+    ]
+
+
+def _uv(exe: str, scratch: Path) -> list[str]:
+    requirements = scratch / "requirements.in"
+    requirements.write_text(PROJECT + "\n")
+    return [
+        exe,
+        "pip",
+        "compile",
+        "--quiet",
+        "--no-cache",
+        "--no-config",
+        "--index-url",
+        INDEX_URL,
+        str(requirements),
+    ]
+
+
+CLIENTS = (
+    Client("pip", ("pip", "pip3"), PROXY_VARIABLES, "REQUESTS_CA_BUNDLE", _pip),
+    Client("uv", ("uv",), PROXY_VARIABLES, "SSL_CERT_FILE", _uv),
+    Client(
+        "git",
+        ("git",),
+        ("https_proxy", "HTTPS_PROXY"),
+        "GIT_SSL_CAINFO",
+        lambda exe, scratch: [exe, "ls-remote", f"{DOCTOR_URL}/git/doctor.git"],
+    ),
+    Client(
+        "curl",
+        ("curl",),
+        ("https_proxy", "HTTPS_PROXY"),
+        "CURL_CA_BUNDLE",
+        lambda exe, scratch: [
+            exe,
+            "--fail",
+            "--silent",
+            "--show-error",
+            f"{DOCTOR_URL}/npm/-/ping",
+        ],
+    ),
+    Client(
+        "cargo",
+        ("cargo",),
+        PROXY_VARIABLES,
+        "CARGO_HTTP_CAINFO",
+        lambda exe, scratch: [
+            exe,
+            "search",
+            "--registry",
+            CARGO_REGISTRY,
+            "--limit",
+            "1",
+            "doctor",
+        ],
+        ((CARGO_REGISTRY_VARIABLE, f"sparse+{DOCTOR_URL}/cargo/"), ("CARGO_NET_RETRY", "0")),
+    ),
+    Client(
+        "npm",
+        ("npm",),
+        PROXY_VARIABLES,
+        "NODE_EXTRA_CA_CERTS",
+        lambda exe, scratch: [exe, "ping", "--fetch-retries=0", "--registry", f"{DOCTOR_URL}/npm/"],
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    client: str
+    ok: bool
+    message: str
+
+
+def _fetch_ca(proxy_url: str) -> bytes | None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{proxy_url}/ca.pem", timeout=HEALTH_TIMEOUT) as response:
+            return bytes(response.read())
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def _holds(path: str, ca_pem: bytes) -> bool:
+    try:
+        return ca_pem.strip() in Path(path).read_bytes()
+    except OSError:
+        return False
+
+
+def _npm_cafile(exe: str, env: Mapping[str, str]) -> str | None:
+    try:
+        result = subprocess.run(
+            [exe, "config", "get", "cafile"],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=CLIENT_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = result.stdout.strip()
+    return value if value and value not in ("null", "undefined") else None
+
+
+def _not_answering(proxy_url: str) -> str:
+    return (
+        f"nothing answers at {proxy_url}: start the service "
+        "(`systemctl --user start transcache`, or launchctl on macOS) or `transcache run`"
+    )
+
+
+def diagnose(client: Client, exe: str, env: Mapping[str, str], output: str) -> str:
+    if not any(env.get(name) for name in client.proxy_variables):
+        return f"{client.proxy_variables[0]} is not set: {ENV_FIX}"
+    if not env.get(client.ca_variable):
+        return f"{client.ca_variable} is not set: {ENV_FIX}"
+    proxy_url = next(env[name] for name in client.proxy_variables if env.get(name)).rstrip("/")
+    if not answers(proxy_url):
+        return _not_answering(proxy_url)
+    ca_pem = _fetch_ca(proxy_url)
+    if ca_pem is not None and not _holds(env[client.ca_variable], ca_pem):
+        return (
+            f"{client.ca_variable} ({env[client.ca_variable]}) does not contain the transcache "
+            f"CA of {proxy_url}: {ENV_FIX}"
+        )
+    if client.name == "npm" and (cafile := _npm_cafile(exe, env)):
+        bundle = env.get("SSL_CERT_FILE", "the transcache bundle")
+        return (
+            f"npm's configuration sets cafile={cafile}, so NODE_EXTRA_CA_CERTS is ignored: "
+            f"run `npm config set cafile {bundle}`"
+        )
+    lines = output.strip().splitlines()
+    return lines[-1] if lines else "failed without a message"
+
+
+def check(client: Client, env: Mapping[str, str]) -> Finding | None:
+    """One client's fetch; None when the client is not installed."""
+    exe = installed(client, env)
+    if exe is None:
+        return None
+    child_env = {**env, **dict(client.extra_env)}
+    with tempfile.TemporaryDirectory(prefix="transcache-doctor-") as scratch:
+        try:
+            result = subprocess.run(
+                client.command(exe, Path(scratch)),
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=CLIENT_TIMEOUT,
+                check=False,
+            )
+            ok, output = result.returncode == 0, result.stdout
+        except subprocess.TimeoutExpired:
+            ok, output = False, f"no answer within {CLIENT_TIMEOUT:.0f} s"
+    if ok:
+        return Finding(client.name, True, "OK")
+    return Finding(client.name, False, diagnose(client, exe, child_env, output))
+
+
+def installed(client: Client, env: Mapping[str, str]) -> str | None:
+    return next(
+        (found for e in client.executables if (found := shutil.which(e, path=env.get("PATH")))),
+        None,
+    )
+
+
+def run(env: Mapping[str, str], clients: Sequence[Client] = CLIENTS) -> list[Finding]:
+    """A finding per installed client. When the proxy the variables name does not answer,
+    that is every client's finding, and no client waits out its retries to find it."""
+    proxy_url = next((env[n] for n in PROXY_VARIABLES if env.get(n)), "").rstrip("/")
+    if proxy_url and not answers(proxy_url):
+        message = _not_answering(proxy_url)
+        return [Finding(c.name, False, message) for c in clients if installed(c, env)]
+    return [f for client in clients if (f := check(client, env)) is not None]

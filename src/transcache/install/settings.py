@@ -1,0 +1,86 @@
+"""What an install is configured with, kept in the manifest so `env`, `status`, `exec` and a
+later `install` agree on the address and the CA without being told again."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import _paths
+from .._config import DEFAULT_PORT
+from .._env import NO_PROXY, client_environment
+from ..api import BUNDLE_NAME
+
+MANIFEST_NAME = "install.json"
+ENV_SH_NAME = "env.sh"
+
+
+def manifest_path() -> Path:
+    return _paths.data_dir() / MANIFEST_NAME
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PORT
+    ca_dir: Path = field(default_factory=_paths.default_ca_dir)
+    cache_dir: Path = field(default_factory=_paths.default_cache_dir)
+    # Hosts added to NO_PROXY after localhost,127.0.0.1,::1.
+    no_proxy: tuple[str, ...] = ()
+    socket_activation: bool = False
+    at_boot: bool = False
+    trust: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"http://{host}:{self.listen_port}"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.ca_dir / "ca.pem"
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.ca_dir / BUNDLE_NAME
+
+    def environment(self) -> dict[str, str]:
+        """The variables clients get: `client_environment` plus the NO_PROXY extras."""
+        env = client_environment(self.url, self.bundle_path, self.ca_path)
+        if self.no_proxy:
+            env["NO_PROXY"] = env["no_proxy"] = ",".join((NO_PROXY, *self.no_proxy))
+        return env
+
+    def run_arguments(self) -> list[str]:
+        """`transcache run` arguments that serve these settings."""
+        return [
+            "run",
+            "--listen",
+            f"{self.listen_host}:{self.listen_port}",
+            "--ca-dir",
+            str(self.ca_dir),
+            "--cache-dir",
+            str(self.cache_dir),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ca_dir"], data["cache_dir"] = str(self.ca_dir), str(self.cache_dir)
+        data["no_proxy"], data["trust"] = list(self.no_proxy), list(self.trust)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Settings:
+        if not data:
+            return cls()
+        return cls(
+            listen_host=data["listen_host"],
+            listen_port=int(data["listen_port"]),
+            ca_dir=Path(data["ca_dir"]),
+            cache_dir=Path(data["cache_dir"]),
+            no_proxy=tuple(data.get("no_proxy", ())),
+            socket_activation=bool(data.get("socket_activation")),
+            at_boot=bool(data.get("at_boot")),
+            trust=tuple(data.get("trust", ())),
+        )
