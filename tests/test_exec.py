@@ -128,3 +128,23 @@ def test_exec_uses_the_installed_service_when_it_answers(
     assert result.stdout == "hello through the service\n"
     assert f"through the service at {service.url}" in result.stderr
     assert f"GET {url} 200" in service.log
+
+
+def test_exec_offline_fails_when_anything_was_not_in_the_cache(
+    origin: Origin, origin_ca_pem: Path, tmp_path: Path
+) -> None:
+    origin.add_file("/cached.whl", b"in the cache")
+    env = client_env(tmp_path / "home")
+    options = proxy_options(tmp_path, origin, origin_ca_pem)
+    cached = origin.url("files.test", "/cached.whl")
+    warm = exec_(options, ["curl", "--silent", "--fail", "--output", "/dev/null", cached], env)
+    assert warm.returncode == 0, warm.stderr
+    offline = [*options, "--offline"]
+    hit = exec_(offline, ["curl", "--silent", "--fail", "--output", "/dev/null", cached], env)
+    assert hit.returncode == 0, hit.stderr
+    missing = origin.url("files.test", "/never-fetched.whl")
+    # curl without --fail exits 0 on the 504; exec still fails the run and names the URL.
+    miss = exec_(offline, ["curl", "--silent", "--output", "/dev/null", missing], env)
+    assert miss.returncode == 1
+    assert f"1 offline misses: {missing}" in miss.stderr
+    assert origin.requests_to("/never-fetched.whl") == []

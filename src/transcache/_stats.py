@@ -15,6 +15,8 @@ from ._protocol import Headers, header_value
 
 # Cache outcomes that were answered without the origin.
 FROM_CACHE = frozenset({"hit", "offline"})
+# Outcomes that asked the origin but took the body from disk (a 304, or a stale copy).
+BODY_FROM_CACHE = frozenset({"revalidated", "stale"})
 
 
 @dataclass
@@ -55,8 +57,11 @@ class ProxyStats:
                 counters.bytes_from_cache += size
             elif status:
                 counters.upstream_requests += 1
-                counters.upstream_bytes += size
                 counters.upstream_seconds += seconds
+                if cache in BODY_FROM_CACHE:
+                    counters.bytes_from_cache += size
+                else:
+                    counters.upstream_bytes += size
 
 
 def tag_from(headers: Headers) -> str | None:

@@ -123,10 +123,29 @@ class BodyWriter:
 
     def commit(self, entry_fields: dict[str, Any]) -> Entry:
         """fsync and publish the body, then its metadata. Raises OSError on failure."""
+        digest = self._publish(None)
+        assert digest is not None
+        blob = _sharded(self._store.blobs, digest)
+        entry = Entry(digest=digest, size=self.written, body_path=blob, **entry_fields)
+        self._store.write_meta(entry.key, entry.to_json())
+        return entry
+
+    def publish_if(self, expected: str) -> bool:
+        """fsync and publish the body as a blob without metadata, if its sha256 is `expected`
+        (a body from an archive, checked against its name); otherwise discard it. Raises
+        OSError on failure."""
+        return self._publish(expected) is not None
+
+    def _publish(self, expected: str | None) -> str | None:
+        """Make the body a blob named by its digest (returned); None, and nothing published,
+        when it is not the `expected` one."""
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
         digest = self._hash.hexdigest()
+        if expected is not None and digest != expected:
+            self.abort()
+            return None
         blob = _sharded(self._store.blobs, digest)
         blob.parent.mkdir(parents=True, exist_ok=True)
         if blob.exists():
@@ -135,9 +154,7 @@ class BodyWriter:
         else:
             os.replace(self.path, blob)
             self._store.size += self.written
-        entry = Entry(digest=digest, size=self.written, body_path=blob, **entry_fields)
-        self._store.write_meta(entry.key, entry.to_json())
-        return entry
+        return digest
 
     def abort(self) -> None:
         if self._fd >= 0:

@@ -5,6 +5,7 @@ environment a subprocess needs to go through the proxy."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -17,12 +18,14 @@ import trio
 
 from ._ca import CertificateAuthority
 from ._config import DEFAULT_CONNECT_PORTS, Config, parse_resolve
-from ._env import client_environment, write_bundle
+from ._env import PROXY_VARIABLES, client_environment, write_bundle
 from ._server import ProxyServer
 from ._stats import ProxyStats
 from ._store import Store
 
 BUNDLE_NAME = "bundle.pem"
+# A tag goes into the proxy URL's user name as is: URL-unreserved characters only.
+TAG_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
 
 log = logging.getLogger("transcache")
 
@@ -79,6 +82,26 @@ class RunningProxy:
         """What this proxy served so far: totals and per client tag (live, not a copy)."""
         return self.server.stats
 
+    def env_for(self, tag: str) -> dict[str, str]:
+        """`env` with `tag` as the user name in the proxy URL (``http://TAG:@host:port``):
+        clients send it as Proxy-Authorization, and the proxy counts their traffic under
+        `stats().by_tag[tag]`. Tags are URL-unreserved characters: letters, digits, ``._~-``."""
+        return {**self.env, **dict.fromkeys(proxy_variable_names(), tagged_url(self.url, tag))}
+
+
+def tagged_url(url: str, tag: str) -> str:
+    """The proxy URL with `tag` as its user name and an empty password (``TAG:@``): pip's
+    requests drops a user name that has no password at all."""
+    if TAG_PATTERN.fullmatch(tag) is None:
+        raise ValueError(f"a tag is letters, digits and ._~- only, got {tag!r}")
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{tag}:@{rest}"
+
+
+def proxy_variable_names() -> list[str]:
+    """HTTP_PROXY, HTTPS_PROXY and ALL_PROXY, in both cases."""
+    return [case(name) for name in PROXY_VARIABLES for case in (str.upper, str.lower)]
+
 
 def _start_ca(config: Config) -> tuple[CertificateAuthority, Path]:
     ca = CertificateAuthority.load_or_create(config.ca_dir)
@@ -130,12 +153,19 @@ async def open_proxy(
 class Proxy:
     """`open_proxy` for synchronous code: the proxy runs in a background thread with its own
     trio loop; entering returns once it accepts connections, leaving stops it and joins the
-    thread."""
+    thread. Takes what `open_proxy` takes: a Config, or keyword options.
 
-    def __init__(self, **options: Any) -> None:
-        self._options = options
+    Leaving the block closes every socket the proxy opened. The cache hands disk work to
+    trio's worker threads (`trio.to_thread`); those are shared by the whole process and,
+    once idle, exit on their own within trio's idle timeout (10 s)."""
+
+    def __init__(self, config: Config | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise TypeError("pass either a Config or keyword options, not both")
+        self._config = config if config is not None else make_config(**options)
         self._thread: threading.Thread | None = None
         self._running: RunningProxy | None = None
+        self._stats: ProxyStats | None = None
         self._error: BaseException | None = None
         self._started = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -159,11 +189,22 @@ class Proxy:
     def ca_path(self) -> Path:
         return self.running.ca_path
 
+    def stats(self) -> ProxyStats:
+        """See `RunningProxy.stats`; the last run's counts stay readable after `stop`."""
+        if self._stats is None:
+            raise RuntimeError("the proxy has not been started")
+        return self._stats
+
+    def env_for(self, tag: str) -> dict[str, str]:
+        """See `RunningProxy.env_for`."""
+        return self.running.env_for(tag)
+
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
-        async with open_proxy(**self._options) as running:
+        async with open_proxy(self._config) as running:
             self._running = running
+            self._stats = running.stats()
             self._started.set()
             await self._stop.wait()
 
@@ -176,15 +217,24 @@ class Proxy:
             self._started.set()
 
     def start(self) -> Self:
+        """Start the proxy; returns once it accepts connections. Raises what stopped it
+        from starting (OSError when it cannot listen)."""
+        if self._thread is not None:
+            raise RuntimeError("the proxy is already running")
+        self._error = None
+        self._started.clear()
         self._thread = threading.Thread(target=self._thread_main, name="transcache", daemon=True)
         self._thread.start()
         self._started.wait()
         if self._error is not None:
             self._thread.join()
+            self._thread = None
             raise self._error
         return self
 
     def stop(self) -> None:
+        """Stop serving, close every listener and connection, and join the thread. Raises
+        the error that ended the proxy early, if one did."""
         if self._thread is None:
             return
         if self._token is not None and self._stop is not None:
@@ -195,6 +245,9 @@ class Proxy:
         self._thread.join()
         self._thread = None
         self._running = None
+        self._token = self._stop = None
+        if self._error is not None:
+            raise self._error
 
     def __enter__(self) -> Self:
         return self.start()

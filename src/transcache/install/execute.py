@@ -24,16 +24,27 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SIGNAL_EXIT_BASE = 128
 
 
+# exec --offline exits with this when CMD succeeded but something was not in the cache.
+OFFLINE_MISS_STATUS = 1
+MISSES_SHOWN = 10
+
+
 def summary_line(proxy: str, counters: Counters | None) -> str:
     """exec's last words on stderr: what went through the proxy (the service's counters are
     not ours to read, so for it only its address)."""
     if counters is None:
         return f"transcache: through the service at {proxy}"
-    return (
+    line = (
         f"transcache: {counters.requests} requests through {proxy}, {counters.hits} from "
         f"cache, {counters.bytes_from_cache} bytes from cache, "
         f"{counters.upstream_bytes} from upstream"
     )
+    if counters.offline_misses:
+        shown = ", ".join(counters.offline_misses[:MISSES_SHOWN])
+        more = len(counters.offline_misses) - MISSES_SHOWN
+        line += f"; {len(counters.offline_misses)} offline misses: {shown}"
+        line += f" (+{more} more)" if more > 0 else ""
+    return line
 
 
 def exit_status(returncode: int) -> int:
@@ -65,4 +76,7 @@ async def run_in_process(command: Sequence[str], config: Config) -> tuple[int, s
     """Run `command` through a proxy of its own; (exit status, summary line)."""
     async with open_proxy(config) as running:
         status = await run_child(command, {**os.environ, **running.env})
-        return status, summary_line(running.url, running.server.stats.total)
+        counters = running.server.stats.total
+        if config.offline and counters.offline_misses and status == 0:
+            status = OFFLINE_MISS_STATUS  # hermetic run: a miss fails it, even if CMD coped
+        return status, summary_line(running.url, counters)

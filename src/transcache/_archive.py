@@ -1,0 +1,242 @@
+"""Cache archives (`transcache cache export` / `import`): move a warm cache through a CI
+job's own cache action.
+
+An archive is a gzip-compressed tar of store files, named as in the store:
+
+    v1/blobs/ab/cd/<sha256(body)>   the bodies, first
+    v1/meta/ab/cd/<sha256(key)>     then each entry's metadata, then the Vary index records
+                                    of their keys (what a lookup reads before the entry)
+
+Export picks entries whose URL matches a shell pattern and, with `since`, those used since a
+time: a body's modification time is touched on every hit, so `since` = the start of a CI run
+picks what the run used (an entry stored or served during it).
+
+Import streams the archive. Each body is written into the store's temp dir while it is
+hashed and published (renamed into place) only if its hash is its name; metadata is
+published (temp file + rename) only if its name is the hash of its key and, for an entry,
+its body is in the store with the stated size. Anything else is skipped and reported. The
+store's own publish steps are used, so importing into a cache a proxy is serving is safe; an
+entry already in the cache that is at least as recent as the imported one is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ._store import HASH_CHUNK, LAYOUT, Entry, Store, _sharded, key_digest
+
+# The archive names what it may hold; nothing else is ever written to disk.
+MEMBER = re.compile(
+    rf"^{LAYOUT}/(?P<kind>blobs|meta)/(?P<a>[0-9a-f]{{2}})/(?P<b>[0-9a-f]{{2}})/"
+    r"(?P<digest>[0-9a-f]{64})$"
+)
+MAX_META_BYTES = 1024 * 1024
+FILE_MODE = 0o644
+
+
+@dataclass
+class ArchiveResult:
+    """What an export wrote or an import published; `skipped` says what and why."""
+
+    entries: int = 0
+    bodies: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _member_name(kind: str, digest: str) -> str:
+    return _sharded(Path(LAYOUT) / kind, digest).as_posix()
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+def select(store: Store, pattern: str = "*", since: float | None = None) -> list[Entry]:
+    """The entries whose URL matches `pattern`, used (stored or hit) at or after `since`."""
+    chosen = []
+    for entry in store.entries():
+        if not fnmatch.fnmatchcase(entry.url, pattern):
+            continue
+        if since is not None:
+            try:
+                if entry.body_path.stat().st_mtime < since:
+                    continue
+            except OSError:
+                continue  # evicted meanwhile
+        chosen.append(entry)
+    return sorted(chosen, key=lambda e: e.key)
+
+
+def export_archive(
+    store: Store, path: Path, pattern: str = "*", since: float | None = None
+) -> ArchiveResult:
+    """Write the selected entries to `path` (tar.gz), atomically: a reader never sees half an
+    archive. An entry whose body vanishes while exporting is left out."""
+    result = ArchiveResult()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            bodies: set[str] = set()
+            exported = [
+                e for e in select(store, pattern, since) if _add_body(tar, e, bodies, result)
+            ]
+            for entry in exported:
+                _add_bytes(tar, _member_name("meta", key_digest(entry.key)), entry.to_json())
+                result.entries += 1
+            for key, record in _index_records(store, exported).items():
+                _add_bytes(tar, _member_name("meta", key_digest(key)), record)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return result
+
+
+def _add_body(tar: tarfile.TarFile, entry: Entry, added: set[str], result: ArchiveResult) -> bool:
+    if entry.digest in added:
+        return True  # a body shared by several entries goes in once
+    try:
+        with entry.body_path.open("rb") as body:
+            stat = os.fstat(body.fileno())
+            info = tarfile.TarInfo(_member_name("blobs", entry.digest))
+            info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), FILE_MODE
+            tar.addfile(info, body)
+    except OSError:
+        result.skipped.append(f"{entry.url}: its body is gone")
+        return False
+    added.add(entry.digest)
+    result.bodies += 1
+    result.bytes += info.size
+    return True
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, record: dict[str, Any]) -> None:
+    data = json.dumps(record, separators=(",", ":")).encode()
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), int(time.time()), FILE_MODE
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _index_records(store: Store, entries: list[Entry]) -> dict[str, dict[str, Any]]:
+    """The Vary index records of the entries' keys."""
+    records: dict[str, dict[str, Any]] = {}
+    for primary in _primary_keys(e.key for e in entries):
+        data = store.read_meta(primary)
+        if data is not None and "digest" not in data and "vary" in data:
+            records[primary] = data
+    return records
+
+
+def _primary_keys(keys: Iterable[str]) -> set[str]:
+    """The keys an index record may have for entries with these keys. An entry's key is its
+    primary key, a newline and its variant; a primary key may itself hold newlines (git keys
+    do), so every prefix ending before a newline is a candidate."""
+    return {key[:i] for key in keys for i, char in enumerate(key) if char == "\n"}
+
+
+# -- import ---------------------------------------------------------------------------------
+
+
+def import_archive(store: Store, path: Path) -> ArchiveResult:
+    """Publish the archive's verified bodies and the entries whose bodies are present.
+    Raises OSError (and tarfile.TarError) when the archive cannot be read at all."""
+    result = ArchiveResult()
+    entries: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    with tarfile.open(path, mode="r:gz") as tar:
+        for member in tar:
+            match = MEMBER.match(member.name)
+            if not member.isfile() or match is None or not _shard_matches(match):
+                result.skipped.append(f"{member.name}: not a cache file")
+                continue
+            source = tar.extractfile(member)
+            if source is None:
+                continue
+            digest = match["digest"]
+            if match["kind"] == "blobs":
+                _import_body(store, source, digest, member.size, result)
+                continue
+            data = _read_meta(source, member.size)
+            if data is None or key_digest(str(data.get("key"))) != digest:
+                result.skipped.append(f"{member.name}: metadata that does not match its name")
+            elif "digest" in data:
+                entries[data["key"]] = data
+            else:
+                records[data["key"]] = data
+    imported = [key for key, data in entries.items() if _import_entry(store, key, data, result)]
+    result.entries = len(imported)
+    wanted = _primary_keys(imported)
+    for key, data in records.items():
+        if key in wanted:
+            store.write_meta(key, data)
+    return result
+
+
+def _shard_matches(match: re.Match[str]) -> bool:
+    digest = match["digest"]
+    return match["a"] == digest[:2] and match["b"] == digest[2:4]
+
+
+def _import_body(
+    store: Store, source: IO[bytes], digest: str, size: int, result: ArchiveResult
+) -> None:
+    if _sharded(store.blobs, digest).exists():
+        return  # the same bytes are stored already
+    writer = store.begin()
+    try:
+        while chunk := source.read(HASH_CHUNK):
+            writer.write(chunk)
+        published = writer.publish_if(digest)
+    except BaseException:
+        writer.abort()
+        raise
+    if published:
+        result.bodies += 1
+        result.bytes += size
+    else:
+        result.skipped.append(f"body {digest}: corrupt (its sha256 is not its name)")
+
+
+def _read_meta(source: IO[bytes], size: int) -> dict[str, Any] | None:
+    if size > MAX_META_BYTES:
+        return None
+    try:
+        data = json.loads(source.read())
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("key"), str) else None
+
+
+def _import_entry(store: Store, key: str, data: dict[str, Any], result: ArchiveResult) -> bool:
+    url = data.get("url", key)
+    if not _sharded(store.blobs, str(data["digest"])).exists():
+        result.skipped.append(f"{url}: its body is missing or corrupt")
+        return False
+    current = store.get(key)
+    try:
+        imported_time = float(data["response_time"])
+    except (KeyError, TypeError, ValueError):
+        result.skipped.append(f"{url}: malformed metadata")
+        return False
+    if current is not None and current.response_time >= imported_time:
+        return True  # what the cache holds is as recent
+    store.write_meta(key, data)
+    if store.get(key) is None:  # wrong size or malformed: the store removed it
+        result.skipped.append(f"{url}: metadata that does not fit its body")
+        return False
+    return True
