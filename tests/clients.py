@@ -62,3 +62,8 @@ def uv_pip_install(
         ],
         env,
     )
+
+
+def pip_download(index: str, dest: Path, *projects: str) -> list[str]:
+    """The pip command that downloads `projects` (and dependencies) from `index` to `dest`."""
+    return [*PIP, "download", "--dest", str(dest), "--index-url", index, *projects]

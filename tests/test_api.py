@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import trio
 from transcache import Proxy, open_proxy
 from transcache.api import tagged_url
 
-from .clients import CLIENT_TIMEOUT, curl, run
+from .clients import CLIENT_TIMEOUT, curl, pip_download, run
 from .origin import Origin, client_env
 from .packages import make_index
 
@@ -35,23 +34,6 @@ def proxy_options(tmp_path: Path, origin: Origin, origin_ca_pem: Path) -> dict[s
         "upstream_ca": [origin_ca_pem],
         "resolve": [f"index.test:{origin.port}:127.0.0.1"],
     }
-
-
-def pip_download(origin: Origin, dest: Path, *projects: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pip",
-        "--isolated",
-        "--disable-pip-version-check",
-        "--no-cache-dir",
-        "download",
-        "--dest",
-        str(dest),
-        "--index-url",
-        origin.url("index.test", "/simple/"),
-        *projects,
-    ]
 
 
 def open_sockets() -> set[str]:
@@ -93,9 +75,12 @@ def test_proxy_runs_pip_in_a_synchronous_harness_and_stops_cleanly(
     threads_before = set(threading.enumerate())
     sockets_before = open_sockets()
     with Proxy(**proxy_options(tmp_path, origin, origin_ca_pem)) as proxy:
-        run(pip_download(origin, tmp_path / "cold", "alpha"), client_env(home, proxy.env))
         run(
-            pip_download(origin, tmp_path / "warm", "alpha"),
+            pip_download(origin.url("index.test", "/simple/"), tmp_path / "cold", "alpha"),
+            client_env(home, proxy.env),
+        )
+        run(
+            pip_download(origin.url("index.test", "/simple/"), tmp_path / "warm", "alpha"),
             client_env(home, proxy.env_for("warm-run")),
         )
         url = proxy.url
@@ -166,7 +151,7 @@ async def test_open_proxy_serves_a_trio_program(
         assert proxy.url.startswith("http://127.0.0.1:")
         with trio.fail_after(CLIENT_TIMEOUT):
             result = await trio.run_process(
-                pip_download(origin, tmp_path / "wheels", "delta"),
+                pip_download(origin.url("index.test", "/simple/"), tmp_path / "wheels", "delta"),
                 env=client_env(home, proxy.env_for("trio")),
                 capture_stdout=True,
                 capture_stderr=True,
@@ -189,7 +174,7 @@ def test_proxy_env_sends_a_plain_subprocess_through_the_proxy(
     make_index(origin, tmp_path / "dists")
     with Proxy(**proxy_options(tmp_path, origin, origin_ca_pem)) as proxy:
         subprocess.run(
-            pip_download(origin, tmp_path / "wheels", "beta"),
+            pip_download(origin.url("index.test", "/simple/"), tmp_path / "wheels", "beta"),
             env={**os.environ, **proxy.env},
             check=True,
             capture_output=True,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from transcache import Proxy
 from transcache._store import Entry, Store
 from transcache.cli import main
 
-from .clients import run
+from .clients import pip_download, run
 from .origin import Origin, client_env
 from .packages import make_index
 
@@ -32,23 +31,6 @@ PAGE_URL = "https://index.test/simple/pkg/"
 def transcache(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     status = main(list(args))
     return status, capsys.readouterr().out
-
-
-def pip_download(origin: Origin, dest: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pip",
-        "--isolated",
-        "--disable-pip-version-check",
-        "--no-cache-dir",
-        "download",
-        "--dest",
-        str(dest),
-        "--index-url",
-        origin.url("index.test", "/simple/"),
-        "alpha",
-    ]
 
 
 @pytest.fixture
@@ -97,7 +79,10 @@ def test_offline_run_from_an_imported_cache_succeeds(
         "resolve": [f"index.test:{origin.port}:127.0.0.1"],
     }
     with Proxy(**options, cache_dir=tmp_path / "ci-run") as proxy:
-        run(pip_download(origin, tmp_path / "cold"), client_env(home, proxy.env))
+        run(
+            pip_download(origin.url("index.test", "/simple/"), tmp_path / "cold", "alpha"),
+            client_env(home, proxy.env),
+        )
     archive = tmp_path / "restore" / "cache.tar.gz"
     status, out = transcache(
         capsys, "cache", "export", "--cache-dir", str(tmp_path / "ci-run"), str(archive)
@@ -111,7 +96,10 @@ def test_offline_run_from_an_imported_cache_succeeds(
     assert "imported 6 entries" in out
     requests_before = len(origin.requests)
     with Proxy(**options, cache_dir=tmp_path / "restored", offline=True) as proxy:
-        run(pip_download(origin, tmp_path / "offline"), client_env(home, proxy.env))
+        run(
+            pip_download(origin.url("index.test", "/simple/"), tmp_path / "offline", "alpha"),
+            client_env(home, proxy.env),
+        )
     assert proxy.stats().total.offline_misses == []
     assert origin.requests[requests_before:] == []
     assert sorted(p.name for p in (tmp_path / "offline").iterdir()) == sorted(
