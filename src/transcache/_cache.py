@@ -108,10 +108,13 @@ class StoredResponse:
         self._fd = -1
         self._position = start
         self._remaining = length
+        self._small: bytes | None = None
         if entry is not None and length:
-            # Opened now: an eviction after this point cannot take the body away.
+            # Read or opened now: an eviction after this point cannot take the body away.
             try:
-                self._fd = os.open(entry.body_path, os.O_RDONLY)
+                self._small = store.small_body(entry) if store is not None else None
+                if self._small is None:
+                    self._fd = os.open(entry.body_path, os.O_RDONLY)
             except OSError:
                 raise _EntryGone(entry.key) from None
 
@@ -119,6 +122,12 @@ class StoredResponse:
         if self._remaining <= 0:
             await self.aclose()
             return b""
+        if self._small is not None:
+            data = self._small[self._position : self._position + self._remaining]
+            self._remaining = 0
+            if self._store is not None:
+                self._store.count("bytes_from_cache", len(data))
+            return data
         data = os.pread(self._fd, min(READ_SIZE, self._remaining), self._position)
         if not data:
             await self.aclose()

@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,13 @@ LAYOUT = "v1"
 LOCK_NAME = "lock"
 STATS_NAME = "stats.json"
 HASH_CHUNK = 1024 * 1024
+# Memory kept to answer hits without re-reading: parsed metadata (checked against the file's
+# stat on every use), and the bytes of small bodies (content-addressed, so never stale).
+META_MEMO_ENTRIES = 20_000
+SMALL_BODY_BYTES = 64 * 1024
+SMALL_BODIES_TOTAL = 32 * 1024 * 1024
+TOUCH_INTERVAL = 60.0
+TOUCHED_ENTRIES = 100_000
 # Temp dirs are created under this prefix and renamed once locked; a staging dir is left
 # alone this long (its process may be starting).
 STAGING_PREFIX = ".new-"
@@ -185,6 +193,12 @@ class Store:
         os.rename(staging, self._own_tmp)
         self.size = sum(size for _, size, _ in self._blobs())
         self._pending: dict[str, int] = {}
+        # key -> (metadata file's inode, mtime, size; its JSON; the Entry built from it)
+        self._memo: OrderedDict[str, tuple[tuple[int, int, int], dict[str, Any], Entry | None]]
+        self._memo = OrderedDict()
+        self._touched: dict[str, float] = {}
+        self._small_bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._small_bytes = 0
 
     def close(self) -> None:
         self.flush_counters()
@@ -217,7 +231,18 @@ class Store:
     # -- metadata ----------------------------------------------------------------------------
 
     def read_meta(self, key: str) -> dict[str, Any] | None:
+        """The metadata stored under `key` (do not mutate it: it may be shared)."""
         path = _sharded(self.meta, key_digest(key))
+        try:
+            stat = os.stat(path)
+        except OSError:
+            self._memo.pop(key, None)
+            return None
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == signature:
+            self._memo.move_to_end(key)
+            return memo[1]
         try:
             data = json.loads(path.read_bytes())
         except FileNotFoundError:
@@ -229,6 +254,9 @@ class Store:
             return None
         if not isinstance(data, dict) or data.get("key") != key:
             return None  # a hash collision or a foreign file: not ours
+        self._memo[key] = (signature, data, None)
+        if len(self._memo) > META_MEMO_ENTRIES:
+            self._memo.popitem(last=False)
         return data
 
     def write_meta(self, key: str, data: dict[str, Any]) -> None:
@@ -237,8 +265,10 @@ class Store:
         tmp = self._own_tmp / f"meta-{secrets.token_hex(8)}"
         tmp.write_bytes(json.dumps(data, separators=(",", ":")).encode())
         os.replace(tmp, path)
+        self._memo.pop(key, None)
 
     def remove(self, key: str) -> None:
+        self._memo.pop(key, None)
         with contextlib.suppress(OSError):
             _sharded(self.meta, key_digest(key)).unlink()
 
@@ -247,6 +277,9 @@ class Store:
         data = self.read_meta(key)
         if data is None or "digest" not in data:
             return None
+        memo = self._memo.get(key)
+        if memo is not None and memo[1] is data and memo[2] is not None:
+            return memo[2]  # unchanged on disk since we last checked it whole
         try:
             blob = _sharded(self.blobs, data["digest"])
             entry = Entry(
@@ -275,12 +308,41 @@ class Store:
             log.warning("cached body %s has the wrong size: removed", blob)
             self.remove(key)
             return None
+        if memo is not None and memo[1] is data:
+            self._memo[key] = (memo[0], data, entry)
         return entry
 
     def touch(self, entry: Entry) -> None:
-        """Mark the entry's body as recently used (LRU)."""
+        """Mark the entry's body as recently used (LRU), at most once a minute per body:
+        eviction needs recency, not every hit's timestamp."""
+        now = time.monotonic()
+        if now - self._touched.get(entry.digest, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+            return
+        if len(self._touched) > TOUCHED_ENTRIES:
+            self._touched.clear()
+        self._touched[entry.digest] = now
         with contextlib.suppress(OSError):
             os.utime(entry.body_path)
+
+    def small_body(self, entry: Entry) -> bytes | None:
+        """The whole body of a small entry, from memory after its first read (bodies are
+        content-addressed, so a remembered one can never be out of date). None for large
+        bodies. Raises OSError when the body is gone."""
+        if entry.size > SMALL_BODY_BYTES:
+            return None
+        data = self._small_bodies.get(entry.digest)
+        if data is not None:
+            self._small_bodies.move_to_end(entry.digest)
+            return data
+        data = entry.body_path.read_bytes()
+        if len(data) != entry.size:
+            raise OSError(f"{entry.body_path} changed size")
+        self._small_bodies[entry.digest] = data
+        self._small_bytes += len(data)
+        while self._small_bytes > SMALL_BODIES_TOTAL:
+            _, dropped = self._small_bodies.popitem(last=False)
+            self._small_bytes -= len(dropped)
+        return data
 
     def update_headers(self, entry: Entry) -> None:
         """Rewrite an entry's metadata (after a 304 refreshed it)."""
