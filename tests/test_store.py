@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from transcache._protocol import Headers
-from transcache._store import LOCK_NAME, Entry, Store, key_digest
+from transcache._store import LOCK_NAME, SMALL_BODY_BYTES, Entry, Store, key_digest
 
 URL = "https://files.test/packages/pkg-1.0.tar.gz"
 HEADERS: Headers = [(b"Content-Type", b"application/gzip"), (b"ETag", b'"v1"')]
@@ -459,3 +459,32 @@ def test_clear_removes_every_entry(store: Store, cache_dir: Path) -> None:
     assert (stats.entries, stats.bytes) == (0, 0)
     publish(store, "k1", b"stored again")
     assert store.get("k1") is not None
+
+
+def test_remembered_entries_follow_changes_made_by_another_process(
+    store: Store, cache_dir: Path
+) -> None:
+    publish(store, "shared", b"small body")
+    entry = store.get("shared")
+    assert entry is not None and store.small_body(entry) == b"small body"
+    other = Store(cache_dir, MAX_SIZE)
+    try:
+        refreshed = other.get("shared")
+        assert refreshed is not None
+        refreshed.headers = [(b"ETag", b'"v2"')]
+        other.update_headers(refreshed)
+        again = store.get("shared")
+        assert again is not None and again.headers == [(b"ETag", b'"v2"')]
+        other.clear()
+        assert store.get("shared") is None
+    finally:
+        other.close()
+
+
+def test_small_bodies_are_read_once_and_large_ones_not_kept(store: Store) -> None:
+    small = publish(store, "small", b"s" * 100)
+    large = publish(store, "large", b"L" * (SMALL_BODY_BYTES + 1))
+    assert store.small_body(small) == b"s" * 100
+    small.body_path.unlink()  # evicted: the remembered bytes are still the right bytes
+    assert store.small_body(small) == b"s" * 100
+    assert store.small_body(large) is None
