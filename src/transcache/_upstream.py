@@ -26,7 +26,7 @@ from ._protocol import Headers, Origin
 
 BodyReader = Callable[[], Awaitable[bytes]]
 
-MAX_IDLE_PER_ORIGIN = 8
+MAX_IDLE_PER_ORIGIN = 32
 # Origins commonly drop idle keep-alive connections after 60 s or more; stay under that.
 POOL_IDLE_SECONDS = 50.0
 
