@@ -108,6 +108,10 @@ def test_stale_entry_is_revalidated_with_a_conditional_request(
     assert headers["cache-status"] == "transcache; fwd=stale; fwd-status=304"
     second = origin.requests_to("/simple/pkg/")[1]
     assert "if-none-match" in second.headers
+    # Revalidations reuse the pooled upstream connection (pip revalidates every index page).
+    for _ in range(3):
+        fetch(proxied_env, url, "--header", "Cache-Control: max-age=0")
+    assert origin.connections == 1
 
 
 def test_client_conditional_is_answered_from_the_cache(

@@ -479,7 +479,8 @@ class Cache:
             return self._hit(entry, client_headers, head_only, age, outcome, "stale", status)
         self.store.count("revalidations")
         if response.status == 304:
-            await response.aclose()
+            while await response.read():  # no body; reading its end returns the connection
+                pass
             entry.headers = policy.merge_not_modified(entry.headers, _stored_headers(response))
             entry.request_time, entry.response_time = request_time, now()
             try:
