@@ -75,8 +75,8 @@ _FULL_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # A whole path segment that is a full object id, bare or as a file name: "<sha>",
 # "<sha>.tar.gz", "<sha>.zip", "<sha>.patch".
 _OID_SEGMENT = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})(?:\.[A-Za-z0-9]+)*")
-# Query parameters that name a revision on the common forges (?ref= GitHub and Gitea, ?sha=
-# GitLab, ?at= Bitbucket). Other parameters are not trusted: a 40-hex value there may as well
+# Query parameters that name a revision in common forges' archive and raw-file URLs (?ref=,
+# ?sha=, ?at=, ...). Other parameters are not trusted: a 40-hex value there may as well
 # be a token or a session id, and calling such a URL immutable would pin a changing answer.
 _REVISION_PARAMS = frozenset({"ref", "rev", "sha", "commit", "at"})
 
