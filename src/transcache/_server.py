@@ -15,7 +15,9 @@ time, so memory stays flat whatever their size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -377,6 +379,7 @@ class ProxyServer:
         except trio.TooSlowError:
             log.info("%s: TLS handshake for %s timed out", peer, host)
             return
+        _ack_now(channel.stream)
         try:
             await self._serve_http(tls, peer, tunnel=origin, tag=tag)
         finally:
@@ -527,3 +530,13 @@ async def _read_whole(read: BodyReader) -> bytes:
             )
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _ack_now(stream: trio.abc.Stream) -> None:
+    """Acknowledge the client's last handshake segment now rather than after the delayed-ACK
+    timer: a client without TCP_NODELAY holds its first request behind that ACK (Nagle), which
+    costs ~40 ms on every new tunnel. Linux only; elsewhere a no-op."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is not None and isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, quickack, 1)
