@@ -236,6 +236,38 @@ def test_concurrent_downloads_share_one_upstream_fetch(
     assert len(origin.requests_to("/big.bin")) == 1
 
 
+def test_requests_arriving_before_the_response_head_share_one_upstream_fetch(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str], tmp_path: Path
+) -> None:
+    data = pattern(MiB)
+    release = threading.Event()
+
+    def slow_head(exchange: Exchange) -> None:
+        if not release.wait(120):
+            raise TimeoutError("test never released the head")
+        exchange.respond(200, {"Content-Type": "application/octet-stream"}, data)
+
+    origin.add_route("/slow-head.bin", slow_head)
+    url = origin.url("files.test", "/slow-head.bin")
+    outputs = [tmp_path / f"out{i}" for i in range(8)]
+    clients = [
+        subprocess.Popen(
+            ["curl", "--silent", "--show-error", "--max-time", "120", "-o", str(out), url],
+            env=proxied_env,
+        )
+        for out in outputs
+    ]
+    try:
+        # Seven of them reach the proxy while the first one's request is still unanswered.
+        waiting = proxy.log_lines("waiting for the download already under way", count=7)
+        assert len(waiting) == 7, proxy.log
+    finally:
+        release.set()
+    assert all(client.wait(120) == 0 for client in clients)
+    assert all(out.read_bytes() == data for out in outputs)
+    assert len(origin.requests_to("/slow-head.bin")) == 1
+
+
 def test_client_hanging_up_does_not_stop_the_download_into_the_cache(
     origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str], paused: PausedBody
 ) -> None:
@@ -291,6 +323,7 @@ def test_kill_9_mid_download_leaves_nothing_partial(
     while not any(p.name.startswith("body-") for p in tmp.glob("*/*")):
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    killed_tmp = list(tmp.iterdir())  # the dying process's temp dir, partial body inside
     proxy.kill()
     client.wait()
     paused.release.set()
@@ -298,9 +331,9 @@ def test_kill_9_mid_download_leaves_nothing_partial(
     _, headers, body = fetch(client_env(home, restarted.env()), url)
     assert headers["cache-status"].startswith("transcache; fwd=miss")
     assert body == paused.data
-    leftovers = [p for p in tmp.glob("*/body-*")]
-    assert leftovers == [] or all(str(os.getpid()) not in str(p) for p in leftovers)
-    assert len(list(tmp.iterdir())) == 1  # only the running proxy's own dir
+    # The killed process's temp dir (and its partial body) is gone; only the new one's is left.
+    assert killed_tmp and not any(directory.exists() for directory in killed_tmp)
+    assert len(list(tmp.iterdir())) == 1
 
 
 def test_origin_down_serves_stale_and_offline_miss_is_504(
@@ -443,6 +476,7 @@ def test_two_proxies_share_one_cache_dir(
     first = start_proxy(origin, name="first", args=["--cache-dir", str(shared)])
     second = start_proxy(origin, name="second", args=["--cache-dir", str(shared)])
     assert fetch(client_env(home, first.env()), url)[2] == data
+    fetch_until_hit(client_env(home, first.env()), url)  # published (renamed into place)
     status, headers, body = fetch(client_env(home, second.env()), url)
     assert (status, body) == (200, data)
     assert headers["cache-status"] == "transcache; hit"

@@ -80,6 +80,11 @@ class Outcome:
 # -- responses served from a stored body ----------------------------------------------------
 
 
+class _Published(Exception):
+    """The download a request would join has all its bytes and is being published: ask the
+    store again in a moment, and get a hit."""
+
+
 class _EntryGone(Exception):
     """A stored body vanished (evicted, deleted) between lookup and reading."""
 
@@ -109,6 +114,7 @@ class StoredResponse:
         self._position = start
         self._remaining = length
         self._small: bytes | None = None
+        self._served = 0
         if entry is not None and length:
             # Read or opened now: an eviction after this point cannot take the body away.
             try:
@@ -125,8 +131,7 @@ class StoredResponse:
         if self._small is not None:
             data = self._small[self._position : self._position + self._remaining]
             self._remaining = 0
-            if self._store is not None:
-                self._store.count("bytes_from_cache", len(data))
+            self._served += len(data)
             return data
         data = os.pread(self._fd, min(READ_SIZE, self._remaining), self._position)
         if not data:
@@ -134,11 +139,13 @@ class StoredResponse:
             raise UpstreamError("stored body ended early")
         self._position += len(data)
         self._remaining -= len(data)
-        if self._store is not None:
-            self._store.count("bytes_from_cache", len(data))
+        self._served += len(data)
         return data
 
     async def aclose(self) -> None:
+        if self._store is not None and self._served:
+            self._store.count("bytes_from_cache", self._served)
+            self._served = 0
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -149,16 +156,20 @@ class StoredResponse:
 
 @dataclass(eq=False)
 class Flight:
-    """One upstream download in progress, shared by everyone who asks for it."""
+    """One upstream download, shared by everyone who asks for it. It is registered before
+    its request goes out, so askers that arrive before the response head wait for that head
+    instead of sending requests of their own."""
 
     key: str
-    variant: str
     kind: str = "http"
+    # Set once the head is in: `storing` says whether the body is being stored (joinable).
     head_ready: trio.Event = field(default_factory=trio.Event)
-    storable: bool = False
+    storing: bool = False
+    variant: str = ""
     status: int = 0
     reason: bytes = b""
-    headers: Headers = field(default_factory=list)
+    headers: Headers = field(default_factory=list)  # as stored: no Content-Length
+    content_length: bytes | None = None
     path: str = ""
     written: int = 0
     finished: bool = False
@@ -167,6 +178,7 @@ class Flight:
     error: str | None = None
     spilled: bool = False
     readers: set[FlightReader] = field(default_factory=set)
+    done: trio.Event = field(default_factory=trio.Event)  # finished: published or not
     _changed: trio.Event = field(default_factory=trio.Event)
 
     def notify(self) -> None:
@@ -214,6 +226,14 @@ class FlightReader:
                     raise UpstreamError(flight.error)
                 return b""
             await flight.wait()
+
+    async def feed(self, chunk: bytes) -> None:
+        """Hand over a chunk that never reached the disk (the flight lost it)."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._live_send.send(chunk)
+
+    def end_feed(self) -> None:
+        self._live_send.close()
 
     async def aclose(self) -> None:
         self._flight.readers.discard(self)
@@ -264,6 +284,8 @@ class Cache:
         ref discovery always asks upstream and keeps the answer for when it cannot."""
         once = self._respond_git_once if git else self._respond_once
         try:
+            return await once(method, origin, path, client_headers, body, outcome)
+        except _Published:
             return await once(method, origin, path, client_headers, body, outcome)
         except _EntryGone as gone:
             self.store.remove(gone.key)  # evicted between lookup and open: now a miss
@@ -510,8 +532,13 @@ class Cache:
     ) -> ResponseSource:
         flight = self._flights.get(key)
         if flight is not None:
-            await flight.head_ready.wait()
-            joinable = flight.storable and not (flight.finished or flight.spilled)
+            if not flight.head_ready.is_set():
+                log.info("%s: waiting for the download already under way", origin.url(path))
+                await flight.head_ready.wait()
+            if flight.body_complete and not flight.finished:
+                await flight.done.wait()  # milliseconds: the fsync and renames
+                raise _Published
+            joinable = flight.storing and not (flight.finished or flight.spilled)
             if joinable and flight.variant == policy.variant_key(
                 _vary(flight.headers), client_headers
             ):
@@ -523,12 +550,38 @@ class Cache:
                     outcome.label = "collapsed"
                     self.store.count("misses")
                     return reader
+        pending = None
+        if key not in self._flights:
+            pending = self._flights[key] = Flight(key, kind)
         request_time = now()
         headers = request_headers_for_upstream(policy.without_conditionals(client_headers), origin)
-        response = await self.pool.request(origin, method, path.encode(), headers, _replay(body))
-        return await self._store_or_stream(
-            response, origin, path, client_headers, key, rule, outcome, request_time, False, kind
-        )
+        try:
+            response = await self.pool.request(
+                origin, method, path.encode(), headers, _replay(body)
+            )
+            return await self._store_or_stream(
+                response,
+                origin,
+                path,
+                client_headers,
+                key,
+                rule,
+                outcome,
+                request_time,
+                False,
+                kind,
+                pending,
+            )
+        except BaseException:
+            if pending is not None and not pending.head_ready.is_set():
+                self._abandon(pending)
+            raise
+
+    def _abandon(self, flight: Flight) -> None:
+        """A registered flight that will not store: its waiters go upstream themselves."""
+        flight.head_ready.set()
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
 
     async def _store_or_stream(
         self,
@@ -542,15 +595,21 @@ class Cache:
         request_time: float,
         head_only: bool,
         kind: str = "http",
+        pending: Flight | None = None,
     ) -> ResponseSource:
+        """Store the response while streaming it (through `pending`, the flight registered
+        for it, or a new one), or pass it through when it may not or cannot be stored."""
         self.store.count("misses")
         stored_headers = _stored_headers(response)
         if kind == "git":
             pass  # git keys carry the request's partition whatever the response says
         elif policy.credential_partition(client_headers, stored_headers) == "":
             key = policy.primary_key(origin.url(path), "")  # public: shareable
+        flight = pending if pending is not None and pending.key == key else None
+        if pending is not None and flight is None:
+            self._abandon(pending)  # stored under another key (a public response)
         reason = policy.not_storable_reason(response.status, client_headers, stored_headers, rule)
-        if reason is None and key in self._flights:
+        if reason is None and flight is None and key in self._flights:
             reason = "in-flight"  # someone else is storing this key right now
         writer = None
         if reason is None and self._nursery is not None:
@@ -560,23 +619,23 @@ class Cache:
                 log.warning("cannot store %s: %s", origin.url(path), exc)
                 reason = "storage"
         if writer is None or self._nursery is None:
+            if flight is not None:
+                self._abandon(flight)
             outcome.label = "miss"
             status = policy.cache_status("miss", fwd_status=response.status, detail=reason)
             return Annotated(response, [(b"Cache-Status", status)])
-        if header_value(response.headers, b"content-length") is not None:
-            stored_headers.append(
-                (b"Content-Length", header_value(response.headers, b"content-length") or b"0")
-            )
         vary = policy.vary_fields(stored_headers) or ()
-        flight = Flight(key, policy.variant_key(vary, client_headers), kind)
-        flight.storable = True
+        if flight is None:
+            flight = self._flights[key] = Flight(key, kind)
+        flight.variant = policy.variant_key(vary, client_headers)
         flight.status, flight.reason, flight.headers = (
             response.status,
             response.reason,
             stored_headers,
         )
+        flight.content_length = header_value(response.headers, b"content-length")
         flight.path = str(writer.path)
-        self._flights[key] = flight
+        flight.storing = True
         flight.head_ready.set()
         self._nursery.start_soon(
             self._download, flight, response, writer, origin.url(path), request_time, vary
@@ -597,6 +656,8 @@ class Cache:
             label, fwd_status=flight.status, stored=True, collapsed=collapsed
         )
         headers = _without(flight.headers, b"age")
+        if flight.content_length is not None:
+            headers.append((b"Content-Length", flight.content_length))
         headers += [(b"Age", b"0"), (b"Cache-Status", status)]
         return FlightReader(flight, headers, head_only)
 
@@ -610,9 +671,10 @@ class Cache:
         vary: tuple[str, ...],
     ) -> None:
         live_writer: BodyWriter | None = writer
+        received = 0
         try:
             while chunk := await response.read():
-                self.store.count("bytes_from_upstream", len(chunk))
+                received += len(chunk)
                 if live_writer is not None:
                     before = live_writer.written
                     try:
@@ -639,9 +701,7 @@ class Cache:
                     "url": url,
                     "status": flight.status,
                     "reason": flight.reason,
-                    "headers": [
-                        (k, v) for k, v in flight.headers if k.lower() != b"content-length"
-                    ],
+                    "headers": flight.headers,
                     "request_time": request_time,
                     "response_time": now(),
                     "kind": flight.kind,
@@ -659,20 +719,21 @@ class Cache:
             log.warning("%s: download failed, nothing stored: %s", url, error)
             flight.error = str(error)
         finally:
+            self.store.count("bytes_from_upstream", received)
             if live_writer is not None:
                 live_writer.abort()
             flight.finished = True
             for reader in list(flight.readers):
-                reader._live_send.close()
+                reader.end_feed()
             flight.notify()
+            flight.done.set()
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
             await response.aclose()
 
     async def _feed_readers(self, flight: Flight, chunk: bytes) -> None:
         for reader in list(flight.readers):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await reader._live_send.send(chunk)
+            await reader.feed(chunk)
 
     async def _maybe_evict(self) -> None:
         if self._evicting or not self.store.over_limit():
@@ -698,6 +759,8 @@ class Cache:
         try:
             source = await self._miss(origin, path, client_headers, key, rule, Outcome())
             await source.aclose()
+        except _Published:
+            pass  # someone else's download of it has just landed
         except ProxyError as error:
             log.info("%s: background fetch failed: %s", origin.url(path), error)
 
