@@ -57,6 +57,14 @@ class Config:
         return port in self.connect_ports or any(p == port for _, p in self.resolve)
 
 
+def parse_listen(spec: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (HOST may be a bracketed IPv6 literal; PORT 0 picks a free one)."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {spec!r}")
+    return host.strip("[]"), int(port)
+
+
 def parse_resolve(spec: str) -> tuple[tuple[str, int], str]:
     """Parse curl's ``HOST:PORT:ADDR`` (ADDR may be a bracketed IPv6 literal)."""
     host, sep, rest = spec.partition(":")

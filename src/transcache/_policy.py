@@ -203,10 +203,12 @@ def primary_key(url: str, partition: str) -> str:
 
 
 def is_immutable(response_headers: Headers, rule: Rule | None) -> bool:
-    if rule is not None:
-        if rule.action is RuleAction.IMMUTABLE:
-            return True
-    cc = parse_cache_control(response_headers)
+    return _immutable(parse_cache_control(response_headers), rule)
+
+
+def _immutable(cc: dict[str, str | None], rule: Rule | None) -> bool:
+    if rule is not None and rule.action is RuleAction.IMMUTABLE:
+        return True
     if "no-cache" in cc or "must-revalidate" in cc:
         return False
     if "immutable" in cc:
@@ -219,9 +221,9 @@ def is_immutable(response_headers: Headers, rule: Rule | None) -> bool:
 
 def freshness_lifetime(response_headers: Headers, rule: Rule | None) -> float:
     """Seconds the stored response stays fresh (RFC 9111 4.2.1, shared cache)."""
-    if is_immutable(response_headers, rule):
-        return float("inf")
     cc = parse_cache_control(response_headers)
+    if _immutable(cc, rule):
+        return float("inf")
     lifetime: float
     if "no-cache" in cc:
         lifetime = 0.0

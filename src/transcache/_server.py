@@ -259,7 +259,6 @@ class ProxyServer:
         exchange: _Exchange,
     ) -> None:
         raw = list(request.headers.raw_items())
-        headers = request_headers_for_upstream(raw, origin)
         read_body = self._body_reader(channel)
         body: BodyReader | None = read_body
         if header_value(raw, b"transfer-encoding") is None and header_value(
@@ -270,29 +269,23 @@ class ProxyServer:
         if channel.conn.they_are_waiting_for_100_continue:
             await channel.send(h11.InformationalResponse(status_code=100, headers=[]))
         response: ResponseSource
-        git = self._git_request(request.method, path, raw)
-        if self.cache is not None and git:
+        git = self.cache is not None and _is_git_request(request.method, path, raw)
+        if self.cache is not None and (
+            git or (body is None and not request_bypasses_cache(request.method, raw))
+        ):
+            # git requests are keyed on their body, so it is read whole first.
+            whole = await _read_whole(read_body) if git and body is not None else None
             outcome = Outcome()
-            whole = await _read_whole(read_body) if body is not None else None
             try:
                 response = await self.cache.respond(
-                    request.method, origin, path, raw, outcome, git=True, body=whole
+                    request.method, origin, path, raw, outcome, git=git, body=whole
                 )
-            finally:
-                exchange.cache = outcome.label
-        elif (
-            self.cache is not None
-            and body is None
-            and not request_bypasses_cache(request.method, raw)
-        ):
-            outcome = Outcome()
-            try:
-                response = await self.cache.respond(request.method, origin, path, raw, outcome)
             finally:
                 exchange.cache = outcome.label
         elif self.config.offline:
             raise OfflineMissError(f"offline: {exchange.url} cannot be answered from the cache")
         else:
+            headers = request_headers_for_upstream(raw, origin)
             response = await self.pool.request(origin, request.method, path.encode(), headers, body)
             if self.cache is not None:
                 why = "method" if request.method not in (b"GET", b"HEAD") else "request"
@@ -322,17 +315,6 @@ class ProxyServer:
             await channel.send(h11.EndOfMessage())
         finally:
             await response.aclose()
-
-    @staticmethod
-    def _git_request(method: bytes, path: str, headers: Headers) -> bool:
-        content_type = header_value(headers, b"content-type")
-        return is_ref_discovery_get(method.decode("ascii", "replace"), path) or (
-            is_upload_pack_post(
-                method.decode("ascii", "replace"),
-                path,
-                content_type.decode("latin-1") if content_type else None,
-            )
-        )
 
     # -- CONNECT -----------------------------------------------------------------------------
 
@@ -540,3 +522,12 @@ def _ack_now(stream: trio.abc.Stream) -> None:
     if quickack is not None and isinstance(stream, trio.SocketStream):
         with contextlib.suppress(OSError):
             stream.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+
+
+def _is_git_request(method: bytes, path: str, headers: Headers) -> bool:
+    """git smart HTTP: ref discovery, or an upload-pack POST (keyed on its body)."""
+    verb = method.decode("ascii", "replace")
+    content_type = header_value(headers, b"content-type")
+    return is_ref_discovery_get(verb, path) or is_upload_pack_post(
+        verb, path, content_type.decode("latin-1") if content_type else None
+    )

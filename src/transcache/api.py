@@ -17,7 +17,7 @@ from typing import Any, Self
 import trio
 
 from ._ca import CertificateAuthority
-from ._config import DEFAULT_CONNECT_PORTS, Config, parse_resolve
+from ._config import DEFAULT_CONNECT_PORTS, Config, parse_listen, parse_resolve
 from ._env import PROXY_VARIABLES, client_environment, write_bundle
 from ._server import ProxyServer
 from ._stats import ProxyStats
@@ -36,10 +36,9 @@ def make_config(**options: Any) -> Config:
     `resolve` takes curl-style "HOST:PORT:ADDR" strings or a mapping {(host, port): addr};
     `listen` takes "HOST:PORT"; paths may be str; `connect_ports` adds to 443."""
     known = {f.name for f in fields(Config)}
-    listen = options.pop("listen", "127.0.0.1:0")
-    host, _, port = str(listen).rpartition(":")
-    options.setdefault("listen_host", host.strip("[]"))
-    options.setdefault("listen_port", int(port))
+    host, port = parse_listen(str(options.pop("listen", "127.0.0.1:0")))
+    options.setdefault("listen_host", host)
+    options.setdefault("listen_port", port)
     resolve = options.pop("resolve", ())
     if isinstance(resolve, Mapping):
         options["resolve"] = {(h.lower(), int(p)): a for (h, p), a in resolve.items()}

@@ -30,6 +30,7 @@ from ._config import (
     Config,
     ConfigError,
     load_config_file,
+    parse_listen,
     parse_min_ttl,
     parse_resolve,
     parse_size,
@@ -66,10 +67,10 @@ STAT_COUNTERS = (
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _resolve(text: str) -> tuple[tuple[str, int], str]:
