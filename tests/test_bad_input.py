@@ -58,6 +58,7 @@ def assert_still_serving(proxy: ProxyProcess) -> None:
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         b"GET http://files.test:99999/ HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET ftp://files.test/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET http://[::1/ HTTP/1.1\r\nHost: a\r\n\r\n",
         b"CONNECT files.test HTTP/1.1\r\nHost: a\r\n\r\n",
         b"CONNECT bad_host!:443 HTTP/1.1\r\nHost: a\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64) + b"\r\n\r\n",  # TLS hello

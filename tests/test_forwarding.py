@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 
 from .clients import curl
@@ -138,3 +139,21 @@ def test_admin_host_is_answered_by_the_proxy_through_connect(
     assert result.stdout == "ok\n"
     plain = curl(proxied_env, "http://transcache.invalid/healthz")
     assert plain.stdout == "ok\n"
+
+
+def test_content_length_beside_chunked_never_reaches_the_origin(
+    plain_origin: Origin, proxy: ProxyProcess
+) -> None:
+    request = (
+        f"POST http://files.test:{plain_origin.port}/echo HTTP/1.1\r\n"
+        "Host: files.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+        sock.sendall(request)
+        response = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    echoed = json.loads(body)
+    assert echoed["body_len"] == 5
+    assert "content-length" not in {name.lower() for name in echoed["headers"]}

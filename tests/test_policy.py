@@ -255,6 +255,14 @@ def test_each_credential_gets_its_own_partition() -> None:
     assert len(keys) == 3
 
 
+def test_every_authorization_value_enters_the_partition() -> None:
+    # Two clients that each send an empty Authorization and then their own token.
+    alice = credential_partition(fields("Authorization: ", "Authorization: Bearer alice"), None)
+    bob = credential_partition(fields("Authorization: ", "Authorization: Bearer bob"), None)
+    assert alice != bob
+    assert alice and bob
+
+
 @pytest.mark.parametrize(
     ("response_lines", "shared"),
     [

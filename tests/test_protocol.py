@@ -70,7 +70,17 @@ def test_origin_form_has_no_origin() -> None:
 
 
 @pytest.mark.parametrize(
-    "target", [b"ftp://files.test/x", b"http:///x", b"http://user:pw@files.test/", b"files.test"]
+    "target",
+    [
+        b"ftp://files.test/x",
+        b"http:///x",
+        b"http://user:pw@files.test/",
+        b"files.test",
+        b"http://[::1/",
+        b"http://[::1]x/",
+        b"https://[zz::1]:443/",
+        b"http://files.test:80:80/",
+    ],
 )
 def test_unsupported_targets_are_bad_requests(target: bytes) -> None:
     with pytest.raises(BadRequestError):
@@ -117,6 +127,20 @@ def test_upstream_request_drops_hop_by_hop_and_proxy_credentials() -> None:
 def test_chunked_request_stays_chunked_upstream() -> None:
     headers = [(b"Host", b"files.test"), (b"Transfer-Encoding", b"chunked")]
     out = request_headers_for_upstream(headers, Origin("https", "files.test", 443))
+    assert (b"Transfer-Encoding", b"chunked") in out
+
+
+def test_content_length_beside_transfer_encoding_is_never_forwarded() -> None:
+    # RFC 9112 6.3: Transfer-Encoding overrides Content-Length; a proxy must drop the latter,
+    # or the next hop may frame the body differently from us (request smuggling).
+    headers = [
+        (b"Host", b"files.test"),
+        (b"Content-Length", b"5"),
+        (b"Transfer-Encoding", b"chunked"),
+    ]
+    out = request_headers_for_upstream(headers, Origin("https", "files.test", 443))
+    names = [name.lower() for name, _ in out]
+    assert b"content-length" not in names
     assert (b"Transfer-Encoding", b"chunked") in out
 
 

@@ -143,13 +143,16 @@ def not_storable_reason(
 
 
 def credential_partition(request_headers: Headers, response_headers: Headers | None) -> str:
-    """The key partition for this request's credential ("" for none, or a public response)."""
-    credential = header_value(request_headers, b"authorization")
-    if credential is None:
+    """The key partition for this request's credential ("" for none, or a public response).
+
+    Every Authorization value counts, in order: two requests share a partition only when they
+    carry exactly the same credentials."""
+    credentials = [value for name, value in request_headers if name.lower() == b"authorization"]
+    if not credentials:
         return ""
     if response_headers is not None and "public" in parse_cache_control(response_headers):
         return ""
-    return "auth:" + hashlib.sha256(credential).hexdigest()
+    return "auth:" + hashlib.sha256(b"\n".join(credentials)).hexdigest()
 
 
 # -- keys -----------------------------------------------------------------------------------

@@ -111,7 +111,10 @@ def parse_target(target: bytes) -> Target:
         raise BadRequestError("non-ASCII request target") from None
     if text.startswith("/") or text == "*":
         return Target(None, text)
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # an unbalanced "[" in the authority, for one
+        raise BadRequestError(f"malformed request target {text[:200]!r}: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS or not parts.netloc:
         raise BadRequestError(f"unsupported request target {text[:200]!r}")
@@ -147,13 +150,16 @@ def _append_via(headers: Headers) -> Headers:
 def request_headers_for_upstream(headers: Headers, origin: Origin) -> Headers:
     """Headers to send upstream: connection fields dropped, Host rewritten to the origin
     (RFC 9112 3.2.2: an absolute-form target wins over a Host header), Via added, and the
-    body framing the client used carried over (h11 re-frames it on the new hop)."""
+    body framing the client used carried over (h11 re-frames it on the new hop).
+
+    A chunked body's Content-Length is dropped (RFC 9112 6.3: Transfer-Encoding wins, and a
+    proxy must not forward both, or the next hop may frame the body differently)."""
     framing: Headers = []
-    if header_value(headers, b"content-length") is None and (
-        header_value(headers, b"transfer-encoding") is not None
-    ):
+    dropped = {b"host"}
+    if header_value(headers, b"transfer-encoding") is not None:
         framing = [(b"Transfer-Encoding", b"chunked")]
-    kept = [(k, v) for k, v in drop_connection_fields(headers) if k.lower() != b"host"]
+        dropped.add(b"content-length")
+    kept = [(k, v) for k, v in drop_connection_fields(headers) if k.lower() not in dropped]
     return _append_via([(b"Host", origin.authority.encode()), *kept, *framing])
 
 
