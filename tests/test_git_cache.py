@@ -1,6 +1,7 @@
 """git through the proxy: pack fetches for exact object ids come from the cache, ref
-discovery always asks the origin (and falls back to the last answer when it is gone), pushes
-pass through, and uv's git dependencies install warm and offline."""
+discovery always asks the origin (the last answer serves only in offline mode: git's servers
+mark it must-revalidate), pushes pass through, and uv's git dependencies install warm and
+offline."""
 
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def test_pinned_fetch_into_an_empty_repository_is_cached(
     assert pack_hits(proxy)
 
 
-def test_clone_and_pinned_fetch_work_with_the_origin_stopped(
+def test_origin_stopped_is_a_504_online_and_a_clone_from_cache_offline(
     origin: Origin, start_proxy: StartProxy, tmp_path: Path, repo: tuple[Path, str], home: Path
 ) -> None:
     proxy = start_proxy(origin)
@@ -149,9 +150,15 @@ def test_clone_and_pinned_fetch_work_with_the_origin_stopped(
     clone(env, url, tmp_path / "online")
     pinned_fetch(env, url, tmp_path / "pinned-online", repo[1])
     origin.stop()
+    # Ref discovery is must-revalidate: with the origin gone, no stale refs (RFC 9111 5.2.2).
+    failed = run(["git", "clone", "--quiet", url, str(tmp_path / "refused")], env, check=False)
+    assert failed.returncode != 0
+    assert "must-revalidate" in failed.stderr
+    proxy.stop()
+    offline = start_proxy(origin, args=["--offline"], name="proxy")
+    env = client_env(home, offline.env())
     assert clone(env, url, tmp_path / "offline") == repo[1]
     pinned_fetch(env, url, tmp_path / "pinned-offline", repo[1])
-    assert proxy.log_lines("serving last known refs")
 
 
 def test_push_passes_through_uncached(
@@ -173,7 +180,7 @@ def test_push_passes_through_uncached(
     assert clone(proxied_env, url, tmp_path / "after-push") == new_head
 
 
-def test_uv_installs_a_git_dependency_warm_and_with_the_origin_stopped(
+def test_uv_installs_a_git_dependency_warm_and_offline(
     origin: Origin, start_proxy: StartProxy, tmp_path: Path, repo: tuple[Path, str], home: Path
 ) -> None:
     proxy = start_proxy(origin)
@@ -201,6 +208,9 @@ def test_uv_installs_a_git_dependency_warm_and_with_the_origin_stopped(
     install(tmp_path / "cold")
     install(tmp_path / "warm")
     origin.stop()
+    proxy.stop()
+    offline = start_proxy(origin, args=["--offline"], name="proxy")
+    env = client_env(home, offline.env())
     install(tmp_path / "offline")
 
 

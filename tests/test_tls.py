@@ -1,6 +1,6 @@
 """TLS on both sides: upstream verification failures are 502s that say why, passthrough hosts
-show the origin's own certificate, clients that reject our leaf fall back to passthrough, and
-our leaves satisfy a client with strict X.509 checks."""
+show the origin's own certificate, a client that rejects our leaf is told how to trust it
+without changing what other clients get, and our leaves satisfy strict X.509 checks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from transcache.install.doctor import rejection_findings
+from transcache.install.health import leaf_rejections
 
 from .clients import curl
 from .conftest import StartProxy
@@ -93,17 +96,50 @@ def test_passthrough_host_shows_the_origins_certificate(
     assert proxy.log_lines(f"CONNECT files.test:{origin.port} 200")
 
 
-def test_client_rejecting_our_leaf_makes_the_host_passthrough(
+def test_client_rejecting_our_leaf_changes_nothing_for_other_clients(
     origin: Origin, proxy: ProxyProcess, origin_ca_pem: Path, home: Path
 ) -> None:
     origin.add_file("/pinned.txt", b"pinned\n")
     env = client_env(home, {"HTTPS_PROXY": proxy.url})
     url = origin.url("files.test", "/pinned.txt")
-    first = curl(env, "--cacert", str(origin_ca_pem), url, check=False)
-    assert first.returncode == 60
-    assert proxy.log_lines("rejected our certificate for files.test")
-    second = curl(env, "--cacert", str(origin_ca_pem), url)
-    assert second.stdout == "pinned\n"
+    # A client that trusts its own store (here: only the origin's CA) refuses our leaf...
+    for _ in range(2):
+        assert curl(env, "--cacert", str(origin_ca_pem), url, check=False).returncode == 60
+    # ...and is told, once, with its fix; the host stays intercepted for everyone.
+    [warning] = proxy.log_lines("rejected the transcache certificate for files.test")
+    assert f"at {proxy.bundle}" in warning
+    assert "CURL_CA_BUNDLE" in warning
+    assert curl(env, "--cacert", str(proxy.ca_pem), url).stdout == "pinned\n"
+    assert proxy.log_lines(f"GET {url} 200")
+    # status and doctor read the per-host count from the proxy.
+    assert leaf_rejections(proxy.url)["files.test"]["count"] == 2
+    [finding] = rejection_findings(proxy.url)
+    assert (finding.client, finding.ok) == ("files.test", False)
+    assert "2 TLS handshake(s)" in finding.message
+
+
+def test_a_rejecting_client_is_named_by_its_program(
+    origin: Origin, proxy: ProxyProcess, origin_ca_pem: Path
+) -> None:
+    # This test's own process refuses the leaf and keeps its socket open, so the proxy can
+    # find the program behind it in /proc: pytest, run by Python.
+    context = ssl.create_default_context(cafile=str(origin_ca_pem))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="files.test")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw:
+        raw.sendall(f"CONNECT files.test:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            while True:
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())  # the alert
+        [warning] = proxy.log_lines("rejected the transcache certificate for files.test")
+    assert warning.split(" WARNING ", 1)[1].startswith("pytest (127.0.0.1:")
+    assert leaf_rejections(proxy.url)["files.test"]["clients"] == ["pytest"]
 
 
 def test_strict_x509_client_accepts_our_leaves(origin: Origin, proxy: ProxyProcess) -> None:

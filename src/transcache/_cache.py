@@ -36,8 +36,10 @@ from ._errors import (
     BadRequestError,
     OfflineMissError,
     ProxyError,
+    RevalidationRequiredError,
     UpstreamError,
-    UpstreamTLSError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
 )
 from ._protocol import (
     Headers,
@@ -405,9 +407,9 @@ class Cache:
                 origin, path, client_headers, key, None, outcome, method, body, "git"
             )
         except UpstreamError as error:
-            if entry is None or isinstance(error, UpstreamTLSError):
+            if entry is None:
                 raise
-            log.warning("%s: serving last known refs: %s", origin.url(path), error)
+            _check_stale_allowed(entry, origin.url(path), error)
             status = policy.cache_status("stale", detail="upstream-unreachable")
             return self._hit(entry, client_headers, False, 0, outcome, "stale", status)
 
@@ -495,7 +497,7 @@ class Cache:
         try:
             response = await self.pool.request(origin, b"GET", path.encode(), headers, None)
         except UpstreamError as error:
-            log.warning("%s: serving stale copy: %s", origin.url(path), error)
+            _check_stale_allowed(entry, origin.url(path), error)
             age = policy.current_age(entry.headers, entry.request_time, entry.response_time, now())
             status = policy.cache_status("stale", detail="upstream-unreachable")
             return self._hit(entry, client_headers, head_only, age, outcome, "stale", status)
@@ -820,6 +822,22 @@ def _replay(body: bytes | None) -> BodyReader | None:
         return pending.pop() if pending else b""
 
     return read
+
+
+def _check_stale_allowed(entry: Entry, url: str, error: UpstreamError) -> None:
+    """Return if a stale copy of `entry` may answer for `error`, else raise what the client
+    gets instead. Only an origin that cannot be reached qualifies: after a certificate failure
+    (maybe an interception) or a broken answer the error stands, and a stored response that
+    must be revalidated is a 504 (RFC 9111 5.2.2)."""
+    if not isinstance(error, UpstreamUnreachableError | UpstreamTimeoutError):
+        raise error
+    forbidden = policy.stale_forbidden_by(entry.headers)
+    if forbidden is not None:
+        raise RevalidationRequiredError(
+            f"{url}: the origin cannot be reached ({error}), and the stored copy may not be "
+            f"served without it ({forbidden})"
+        ) from error
+    log.warning("%s: serving stale copy: %s", url, error)
 
 
 def _only_if_cached(headers: Headers) -> bool:

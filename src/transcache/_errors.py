@@ -48,11 +48,24 @@ class UpstreamError(ProxyError):
     reason = "Bad Gateway"
 
 
+class UpstreamUnreachableError(UpstreamError):
+    """The origin could not be reached at all (refused, unresolvable, unroutable): nothing was
+    exchanged with it. With a timeout, the only failure a stale copy may answer for."""
+
+
 class UpstreamTLSError(UpstreamError):
     """The origin's certificate failed verification (or its TLS handshake failed)."""
 
 
 class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    reason = "Gateway Timeout"
+
+
+class RevalidationRequiredError(ProxyError):
+    """The origin cannot be reached and the stored copy may not be served without it
+    (must-revalidate, no-cache, ...: RFC 9111 5.2.2.2 asks for a 504)."""
+
     status = 504
     reason = "Gateway Timeout"
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import platformdirs
 
 APP_NAME = "transcache"
+# In the CA dir: the system roots plus our CA, for clients that read one bundle file.
+BUNDLE_NAME = "bundle.pem"
 
 
 def default_cache_dir() -> Path:

@@ -275,6 +275,18 @@ def client_wants_revalidation(request_headers: Headers) -> bool:
 # -- revalidation ---------------------------------------------------------------------------
 
 
+# Stored-response directives under which a shared cache may not serve a stale copy even when
+# the origin cannot be reached: RFC 9111 5.2.2.2 (must-revalidate), 5.2.2.8
+# (proxy-revalidate), 5.2.2.10 (s-maxage implies proxy-revalidate), 5.2.2.4 (no-cache).
+STALE_FORBIDDING = ("must-revalidate", "proxy-revalidate", "s-maxage", "no-cache")
+
+
+def stale_forbidden_by(stored_headers: Headers) -> str | None:
+    """The stored response's directive that forbids serving it stale, or None."""
+    directives = parse_cache_control(stored_headers)
+    return next((name for name in STALE_FORBIDDING if name in directives), None)
+
+
 def conditional_headers(stored_headers: Headers) -> Headers:
     """Validators to send upstream when revalidating a stored response."""
     out: Headers = []

@@ -16,6 +16,8 @@ time, so memory stays flat whatever their size.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import logging
 import socket
 import ssl
@@ -40,6 +42,7 @@ from ._errors import (
     RequestTimeoutError,
 )
 from ._git import MAX_DECODED_BODY, is_ref_discovery_get, is_upload_pack_post
+from ._paths import BUNDLE_NAME
 from ._policy import cache_status, request_bypasses_cache
 from ._protocol import (
     Headers,
@@ -50,6 +53,7 @@ from ._protocol import (
     request_headers_for_upstream,
     response_headers_for_client,
 )
+from ._rejections import LeafRejections, fix_for, peer_program
 from ._stats import ProxyStats, tag_from
 from ._store import Store
 from ._upstream import BodyReader, UpstreamPool
@@ -68,6 +72,9 @@ ADMIN_METHODS = frozenset({b"GET", b"HEAD"})
 # uses the proxy and trusts its CA.
 ADMIN_HOST = "transcache.invalid"
 TEXT_PLAIN = b"text/plain; charset=utf-8"
+APPLICATION_JSON = b"application/json"
+# Clients that rejected our leaf, per host, as JSON (read by `status` and `doctor`).
+REJECTIONS_PAGE = "/tls-rejections"
 # An admin page: server -> (status, content type, body).
 AdminPage = Callable[["ProxyServer"], tuple[int, bytes, bytes]]
 # After an error answer to a client still sending, read (and drop) what it sends for a while
@@ -103,14 +110,19 @@ class ProxyServer:
         self.pool = UpstreamPool(config)
         self.cache = Cache(config, store, self.pool) if store is not None else None
         self.stats = ProxyStats()
-        # Hosts whose clients rejected our leaf: tunnelled blind from then on.
-        self.fallback_passthrough: set[str] = set()
+        # Clients that refused our leaf: reported, never acted on (see _rejections).
+        self.leaf_rejections = LeafRejections()
         self.listeners: list[trio.SocketListener] = []
         # The proxy's own pages, by path: served to origin-form requests and to requests for
         # ADMIN_HOST (directly or through CONNECT, which then needs our CA: a trust check).
         self.admin_pages: dict[str, AdminPage] = {
             "/healthz": lambda server: (200, TEXT_PLAIN, b"ok\n"),
             "/ca.pem": lambda server: (200, b"application/x-pem-file", server.ca.cert_pem),
+            REJECTIONS_PAGE: lambda server: (
+                200,
+                APPLICATION_JSON,
+                json.dumps(server.leaf_rejections.to_json()).encode(),
+            ),
         }
         doctor_pages.register(self.admin_pages)
 
@@ -330,12 +342,11 @@ class ProxyServer:
                 raise ForbiddenError(f"CONNECT to port {port} is not allowed")
             origin = Origin("https", host, port)
             await self._body_reader(channel)()  # CONNECT carries no body
-            if host != ADMIN_HOST and (
-                self.config.is_passthrough(host) or host in self.fallback_passthrough
-            ):
+            if host != ADMIN_HOST and self.config.is_passthrough(host):
+                upstream = await self.pool.open_tcp(origin)  # errors answered below
                 exchange.status = 200
                 try:
-                    exchange.bytes = await self._tunnel(channel, origin)
+                    exchange.bytes = await self._tunnel(channel, upstream)
                 finally:
                     self._log_access(exchange, started)
                 return
@@ -356,7 +367,7 @@ class ProxyServer:
             with trio.fail_after(self.config.header_timeout):
                 await tls.do_handshake()
         except trio.BrokenResourceError as exc:
-            self._handshake_failed(peer, host, exc.__cause__)
+            await self._handshake_failed(channel.stream, peer, host, exc.__cause__)
             return
         except trio.TooSlowError:
             log.info("%s: TLS handshake for %s timed out", peer, host)
@@ -367,8 +378,7 @@ class ProxyServer:
         finally:
             await trio.aclose_forcefully(tls)
 
-    async def _tunnel(self, channel: Channel, origin: Origin) -> int:
-        upstream = await self.pool.open_tcp(origin)
+    async def _tunnel(self, channel: Channel, upstream: trio.SocketStream) -> int:
         try:
             await channel.send(CONNECTION_ESTABLISHED)
             prefix, _ = channel.conn.trailing_data
@@ -378,20 +388,27 @@ class ProxyServer:
         finally:
             await trio.aclose_forcefully(upstream)
 
-    def _handshake_failed(self, peer: str, host: str, cause: BaseException | None) -> None:
+    async def _handshake_failed(
+        self, stream: trio.abc.Stream, peer: str, host: str, cause: BaseException | None
+    ) -> None:
         reason = cause.reason if isinstance(cause, ssl.SSLError) else None
-        if reason in CERT_REJECTED_ALERTS:
-            self.fallback_passthrough.add(host)
+        if reason not in CERT_REJECTED_ALERTS:
+            log.info("%s: TLS handshake for %s failed: %s", peer, host, cause)
+            return
+        program = None
+        if self.leaf_rejections.worth_looking_up(host):
+            program = await trio.to_thread.run_sync(peer_program, _loopback_peer(stream))
+        if self.leaf_rejections.record(host, program or peer.rpartition(":")[0]):
             log.warning(
-                "%s rejected our certificate for %s (%s): tunnelling %s without interception "
-                "from now on",
+                "%s (%s) rejected the transcache certificate for %s (%s): it does not trust "
+                "the transcache CA, so its requests fail; other clients are not affected. "
+                "Fix: %s",
+                program or "a client",
                 peer,
                 host,
                 reason,
-                host,
+                fix_for(program, self.config.ca_dir / BUNDLE_NAME),
             )
-        else:
-            log.info("%s: TLS handshake for %s failed: %s", peer, host, cause)
 
     # -- responses from the proxy itself -----------------------------------------------------
 
@@ -488,6 +505,17 @@ async def _linger(stream: trio.abc.Stream) -> None:
         drained = 0
         while drained < LINGER_BYTES and (data := await stream.receive_some(READ_SIZE)):
             drained += len(data)
+
+
+def _loopback_peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """The client's (address, port) when it is on this machine, else None."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return None
+    return (host, port) if ipaddress.ip_address(host).is_loopback else None
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

@@ -21,7 +21,14 @@ import trio
 
 from ._channel import Channel
 from ._config import Config
-from ._errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamTLSError
+from ._errors import (
+    OfflineMissError,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamTLSError,
+    UpstreamUnreachableError,
+)
 from ._protocol import Headers, Origin
 
 BodyReader = Callable[[], Awaitable[bytes]]
@@ -48,25 +55,27 @@ def translate_errors(origin: Origin) -> Iterator[None]:
         yield
     except ProxyError:
         raise
-    except trio.TooSlowError:
-        raise UpstreamTimeoutError(f"{where} did not answer in time") from None
+    except trio.TooSlowError as exc:
+        raise UpstreamTimeoutError(f"{where} did not answer in time") from exc
     except socket.gaierror as exc:
-        raise UpstreamError(f"cannot resolve {origin.host}: {exc.strerror}") from None
+        raise UpstreamUnreachableError(f"cannot resolve {origin.host}: {exc.strerror}") from exc
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__
         if isinstance(cause, ssl.SSLCertVerificationError):
             raise UpstreamTLSError(
                 f"TLS verification failed for {where}: {cause.verify_message}"
-            ) from None
+            ) from exc
         if isinstance(cause, ssl.SSLError):
-            raise UpstreamTLSError(f"TLS with {where} failed: {cause.reason or cause}") from None
-        raise UpstreamError(f"connection to {where} broke: {cause or exc}") from None
-    except trio.ClosedResourceError:
-        raise UpstreamError(f"connection to {where} was closed") from None
+            raise UpstreamTLSError(f"TLS with {where} failed: {cause.reason or cause}") from exc
+        raise UpstreamError(f"connection to {where} broke: {cause or exc}") from exc
+    except trio.ClosedResourceError as exc:
+        raise UpstreamError(f"connection to {where} was closed") from exc
     except h11.ProtocolError as exc:
-        raise UpstreamError(f"invalid HTTP response from {where}: {exc}") from None
+        raise UpstreamError(f"invalid HTTP response from {where}: {exc}") from exc
     except OSError as exc:
-        raise UpstreamError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+        # trio reports failures on an open stream as BrokenResourceError, so an OSError
+        # here comes from connecting: refused, unroutable, no address.
+        raise UpstreamUnreachableError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
 
 
 class _Connection:
@@ -127,7 +136,10 @@ class UpstreamPool:
         return self._config.resolve.get((host, port), host)
 
     async def open_tcp(self, origin: Origin) -> trio.SocketStream:
-        """A plain TCP connection to the origin (also used for passthrough tunnels)."""
+        """A plain TCP connection to the origin (also used for passthrough tunnels). Every
+        upstream connection starts here, so offline mode is enforced here."""
+        if self._config.offline:
+            raise OfflineMissError(f"offline mode: not connecting to {origin.host}:{origin.port}")
         with translate_errors(origin), trio.fail_after(self._config.connect_timeout):
             return await trio.open_tcp_stream(self._address(origin.host, origin.port), origin.port)
 

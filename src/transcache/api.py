@@ -19,11 +19,11 @@ import trio
 from ._ca import CertificateAuthority
 from ._config import DEFAULT_CONNECT_PORTS, Config, parse_listen, parse_resolve
 from ._env import PROXY_VARIABLES, client_environment, write_bundle
+from ._paths import BUNDLE_NAME
 from ._server import ProxyServer
 from ._stats import ProxyStats
 from ._store import Store
 
-BUNDLE_NAME = "bundle.pem"
 # A tag goes into the proxy URL's user name as is: URL-unreserved characters only.
 TAG_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
 

@@ -593,6 +593,9 @@ def _command_status(args: argparse.Namespace) -> int:
     )
     for name, value in rows:
         print(f"{name:<14} {value}")
+    for host, seen in status.tls_rejections.items():
+        clients = ", ".join(seen["clients"])
+        print(f"{'rejected by':<14} {host}: {seen['count']} handshake(s) by {clients}")
     return 0
 
 

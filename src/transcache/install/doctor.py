@@ -11,14 +11,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .doctor_pages import DOCTOR_URL, PROJECT
-from .health import HEALTH_TIMEOUT, answers
+from .health import answers, fetch, leaf_rejections
 
 CLIENT_TIMEOUT = 60.0
 ENV_FIX = 'run eval "$(transcache env)" (or open a new shell after `transcache install`)'
@@ -128,12 +126,7 @@ class Finding:
 
 
 def _fetch_ca(proxy_url: str) -> bytes | None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"{proxy_url}/ca.pem", timeout=HEALTH_TIMEOUT) as response:
-            return bytes(response.read())
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
+    return fetch(proxy_url, "/ca.pem")
 
 
 def _holds(path: str, ca_pem: bytes) -> bool:
@@ -230,4 +223,19 @@ def run(env: Mapping[str, str], clients: Sequence[Client] = CLIENTS) -> list[Fin
     if proxy_url and not answers(proxy_url):
         message = _not_answering(proxy_url)
         return [Finding(c.name, False, message) for c in clients if installed(c, env)]
-    return [f for client in clients if (f := check(client, env)) is not None]
+    findings = [f for client in clients if (f := check(client, env)) is not None]
+    return findings + rejection_findings(proxy_url) if proxy_url else findings
+
+
+def rejection_findings(proxy_url: str) -> list[Finding]:
+    """A finding per host whose clients rejected the proxy's certificate (since it started):
+    those clients trust their own CA store, not the transcache bundle."""
+    return [
+        Finding(
+            host,
+            False,
+            f"{seen['count']} TLS handshake(s) by {', '.join(seen['clients'])} rejected the "
+            "transcache certificate; the proxy's log names each client's fix",
+        )
+        for host, seen in leaf_rejections(proxy_url).items()
+    ]

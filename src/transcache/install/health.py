@@ -3,17 +3,35 @@ proxy (the variables may point at the very proxy we are asking about)."""
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 HEALTH_TIMEOUT = 2.0
 HEALTH_BODY = b"ok\n"
 
 
-def answers(url: str, timeout: float = HEALTH_TIMEOUT) -> bool:
+def fetch(url: str, path: str, timeout: float = HEALTH_TIMEOUT) -> bytes | None:
+    """The body of a 200 for GET `url` + `path`, asked directly; None for anything else."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"{url}/healthz", timeout=timeout) as response:
-            return bool(response.status == 200 and response.read() == HEALTH_BODY)
+        with opener.open(f"{url}{path}", timeout=timeout) as response:
+            return bytes(response.read()) if response.status == 200 else None
     except (OSError, urllib.error.URLError, ValueError):
-        return False
+        return None
+
+
+def answers(url: str, timeout: float = HEALTH_TIMEOUT) -> bool:
+    return fetch(url, "/healthz", timeout) == HEALTH_BODY
+
+
+def leaf_rejections(url: str) -> dict[str, dict[str, Any]]:
+    """Per host, how often clients rejected the proxy's certificate, and which clients
+    (the proxy's /tls-rejections page); {} when it cannot be read."""
+    body = fetch(url, "/tls-rejections")
+    try:
+        data = json.loads(body) if body is not None else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -10,7 +10,7 @@ from typing import Any
 from .. import _paths
 from .._config import DEFAULT_PORT
 from .._env import NO_PROXY, client_environment
-from ..api import BUNDLE_NAME
+from .._paths import BUNDLE_NAME
 
 MANIFEST_NAME = "install.json"
 ENV_SH_NAME = "env.sh"

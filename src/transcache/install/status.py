@@ -14,7 +14,7 @@ from typing import Any
 from cryptography import x509
 
 from . import launchd, systemd
-from .health import answers
+from .health import answers, leaf_rejections
 from .plan import Manifest
 from .settings import Settings, manifest_path
 
@@ -34,6 +34,8 @@ class Status:
     missing_variables: list[str] = field(default_factory=list)
     wrong_variables: list[str] = field(default_factory=list)
     logs: str = ""
+    # host -> {"count": N, "clients": [...]}: clients that refused the proxy's certificate.
+    tls_rejections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,12 +58,13 @@ def collect(environ: Mapping[str, str], now: dt.datetime | None = None) -> Statu
     except OSError:
         age = None
     expected = settings.environment()
+    answering = answers(settings.url)
     return Status(
         installed=bool(manifest.entries),
         service_file=service_file,
         enabled=enabled,
         url=settings.url,
-        answering=answers(settings.url),
+        answering=answering,
         ca_path=str(settings.ca_path),
         ca_expires=expires,
         bundle_path=str(settings.bundle_path),
@@ -72,4 +75,5 @@ def collect(environ: Mapping[str, str], now: dt.datetime | None = None) -> Statu
             name for name, value in expected.items() if name in environ and environ[name] != value
         ],
         logs=launchd.log_hint() if darwin else systemd.log_hint(),
+        tls_rejections=leaf_rejections(settings.url) if answering else {},
     )
