@@ -508,3 +508,22 @@ def test_uncacheable_requests_say_why_in_cache_status(
     assert posted["cache-status"] == "transcache; fwd=method"
     _, no_store, _ = fetch(proxied_env, url, "--header", "Cache-Control: no-store")
     assert no_store["cache-status"] == "transcache; fwd=request"
+
+
+def test_head_revalidated_into_an_unstorable_answer_gets_no_body(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    # Revalidation always GETs; when the new answer may not be stored, the HEAD client gets
+    # its head only (found by tests/test_fuzz.py: the body was sent and the connection broke).
+    answers = iter([{"Cache-Control": "max-age=0"}, {"Cache-Control": "no-store"}])
+
+    def changing(exchange: Exchange) -> None:
+        exchange.respond(200, next(answers, {"Cache-Control": "no-store"}), b"x" * 1000)
+
+    origin.add_route("/changing", changing)
+    url = origin.url("files.test", "/changing")
+    assert fetch(proxied_env, url)[2] == b"x" * 1000
+    status, headers, body = fetch(proxied_env, url, "--head")
+    assert (status, body) == (200, b"")
+    assert headers["content-length"] == "1000"
+    assert headers["cache-status"] == 'transcache; fwd=miss; fwd-status=200; detail="no-store"'

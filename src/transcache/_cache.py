@@ -625,7 +625,7 @@ class Cache:
                 self._abandon(flight)
             outcome.label = "miss"
             status = policy.cache_status("miss", fwd_status=response.status, detail=reason)
-            return Annotated(response, [(b"Cache-Status", status)])
+            return Annotated(response, [(b"Cache-Status", status)], head_only=head_only)
         vary = policy.vary_fields(stored_headers) or ()
         if flight is None:
             flight = self._flights[key] = Flight(key, kind)
@@ -785,15 +785,22 @@ class Cache:
 
 
 class Annotated:
-    """An upstream response passed through, with extra headers for the client."""
+    """An upstream response passed through, with extra headers for the client; with
+    `head_only` (a GET sent upstream for a client's HEAD) its body is left unread, and the
+    connection is closed rather than pooled."""
 
-    def __init__(self, response: UpstreamResponse, extra: Headers) -> None:
+    def __init__(
+        self, response: UpstreamResponse, extra: Headers, *, head_only: bool = False
+    ) -> None:
         self._response = response
+        self._head_only = head_only
         self.status = response.status
         self.reason = response.reason
         self.headers = [*response.headers, *extra]
 
     async def read(self) -> bytes:
+        if self._head_only:
+            return b""
         return await self._response.read()
 
     async def aclose(self) -> None:

@@ -86,8 +86,14 @@ class _Connection:
 
     @property
     def reusable(self) -> bool:
+        """Both sides finished cleanly, and the origin sent nothing past its response (bytes
+        that would otherwise be read as the answer to the next request)."""
         conn = self.channel.conn
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        return (
+            conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+            and not conn.trailing_data[0]
+        )
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.channel.stream)
