@@ -23,15 +23,19 @@ TRANSCACHE = (sys.executable, "-m", "transcache")
 COMMAND_TIMEOUT = 120.0
 # Variables that would point the tests' installs and shells at the real machine.
 REDIRECTED = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME", "ZDOTDIR")
+# What `snapshot` records for a directory (a symlink records its target, a file its bytes).
+DIRECTORY = "<directory>"
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every file (bytes) and symlink (target) under root, by relative path."""
+    """Every file (bytes), symlink (target) and directory under root, by relative path."""
     result: dict[str, bytes | str] = {}
     for path in sorted(root.rglob("*")):
         key = str(path.relative_to(root))
         if path.is_symlink():
             result[key] = os.readlink(path)
+        elif path.is_dir():
+            result[key] = DIRECTORY
         elif path.is_file():
             result[key] = path.read_bytes()
     return result

@@ -94,8 +94,11 @@ def test_uninstall_leaves_startup_files_byte_identical(home: Home) -> None:
     result = home.transcache("uninstall")
     assert "restored" in result.stdout
     after = snapshot(home.path)
-    # Only the CA (and the bundle next to it) stays; --purge removes it too.
-    kept = {k for k in after if not k.startswith(".local/share/transcache/ca/")}
+    # Only the CA (and the bundle next to it) stays, with the directories holding it;
+    # --purge removes it too.
+    ca = ".local/share/transcache/ca"
+    holding = {".local", ".local/share", ".local/share/transcache", ca}
+    kept = {k for k in after if k not in holding and not k.startswith(f"{ca}/")}
     assert {k: after[k] for k in kept} == before
     assert not (home.config_dir).exists()
 

@@ -513,7 +513,7 @@ def _command_install(args: argparse.Namespace) -> int:
     )
     machine = installer.Machine.detect()
     if args.dry_run:
-        plan = installer.build_plan(settings, machine, installer.planned_ca(settings))
+        plan = installer.preview(settings, machine)
         if not settings.ca_path.exists():
             print(f"create the CA in {settings.ca_dir}")
         lines = describe(plan.steps, Manifest.load(manifest_path()))
@@ -521,7 +521,7 @@ def _command_install(args: argparse.Namespace) -> int:
         for note in plan.notes:
             print(f"note: {note}")
         return 0
-    plan = installer.build_plan(settings, machine, installer.prepare_ca(settings))
+    plan = installer.prepare(settings, machine)
     root_commands = needs_root(plan.steps)
     if root_commands:
         print("these commands need root; sudo will ask for your password:")

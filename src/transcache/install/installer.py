@@ -4,10 +4,18 @@ environment, service and trust-store modules, then applied or undone (plan.py).
 What the machine offers is detected once into a `Machine` (data, not scattered checks), so a
 test can describe a machine it is not running on: macOS, a running user manager, a sandboxed
 system trust store.
+
+An install leaves everything or nothing. `prepare` checks every input the plan writes into a
+file (inputs.py) before anything is written, then creates the CA and builds the plan; `install`
+applies it. When either fails, what they did is undone: the plan's changes (plan.py), the
+manifest, a CA created by this install and the directories it created. A CA that existed
+before stays. The directories an install creates are recorded in the manifest, so uninstall
+removes them again once they are empty.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import shutil
@@ -15,10 +23,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import _paths
 from .._ca import CertificateAuthority
 from .._env import write_bundle
 from . import environment, launchd, systemd, trust_darwin, trust_java, trust_linux, trust_nss
-from .plan import InstallError, Manifest, Outcome, Step, apply, undo
+from .inputs import Input, Kind, check
+from .plan import (
+    InstallError,
+    Manifest,
+    Outcome,
+    Step,
+    apply,
+    dir_entry,
+    missing_dirs,
+    remove_empty_dirs,
+    undo,
+)
 from .runner import Runner
 from .settings import Settings, manifest_path
 from .trust import TrustedCA, sudo
@@ -38,6 +58,8 @@ class Machine:
     system_store: trust_linux.LinuxStore | trust_darwin.Keychain | None
     nss_databases: tuple[trust_nss.NSSDatabase, ...] = ()
     java: trust_java.JavaStore | None = None
+    # The interpreter the service runs (`python -m transcache run`).
+    python: str = sys.executable
 
     @classmethod
     def detect(cls) -> Machine:
@@ -61,10 +83,59 @@ class Machine:
         return self.platform == "darwin"
 
 
+@dataclass(frozen=True)
+class CAFootprint:
+    """What the CA directory held before this install created the CA in it, so a failed
+    install can remove exactly what it added (a CA that existed before stays)."""
+
+    directory: Path
+    names: frozenset[str]
+
+    @classmethod
+    def take(cls, directory: Path) -> CAFootprint:
+        try:
+            return cls(directory, frozenset(os.listdir(directory)))
+        except FileNotFoundError:
+            return cls(directory, frozenset())
+
+    def remove_added(self) -> None:
+        try:
+            added = set(os.listdir(self.directory)) - self.names
+        except FileNotFoundError:
+            return
+        for name in added:
+            path = self.directory / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 @dataclass
 class Plan:
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
+    # Directories `prepare` creates outside the steps (the CA's, the manifest's), outermost
+    # first, and what the CA directory held before: recorded, or undone on failure.
+    created_dirs: tuple[Path, ...] = ()
+    ca_footprint: CAFootprint | None = None
+
+
+def plan_inputs(settings: Settings, machine: Machine) -> list[Input]:
+    """Every value a plan writes into a unit, plist or shell file, named by where it comes
+    from; everything else written is a constant or derived from these."""
+    inputs = [
+        Input("--listen", settings.listen_host, Kind.LISTEN_HOST),
+        Input("--ca-dir", str(settings.ca_dir)),
+        Input("--cache-dir", str(settings.cache_dir)),
+        *(Input("--no-proxy", host, Kind.NO_PROXY_HOST) for host in settings.no_proxy),
+        Input("the Python interpreter", machine.python, Kind.EXECUTABLE),
+        # env.sh is sourced from the startup files by its path.
+        Input("the data directory", str(_paths.data_dir())),
+    ]
+    if machine.darwin:
+        inputs.append(Input("the log directory", str(_paths.macos_log_dir())))
+    return inputs
 
 
 def prepare_ca(settings: Settings) -> TrustedCA:
@@ -107,22 +178,77 @@ def build_plan(settings: Settings, machine: Machine, ca: TrustedCA) -> Plan:
     )
     notes = environment.npmrc_warnings(machine.home, settings.bundle_path)
     if machine.darwin:
-        steps += launchd.steps(settings, uid=machine.uid)
+        steps += launchd.steps(settings, uid=machine.uid, python=machine.python)
     else:
-        steps += systemd.steps(settings, running=machine.user_manager_running, user=machine.user)
+        steps += systemd.steps(
+            settings,
+            running=machine.user_manager_running,
+            user=machine.user,
+            python=machine.python,
+        )
         if not machine.user_manager_running:
             notes.append(systemd.start_hint(settings))
     trusts, trust_notes = trust_steps(settings, ca, machine)
     return Plan(steps + trusts, notes + trust_notes)
 
 
+def prepare(settings: Settings, machine: Machine) -> Plan:
+    """Check the inputs, create (or reuse) the CA, and build the plan; a failure after the
+    check leaves no CA or directory of ours behind."""
+    check(plan_inputs(settings, machine))
+    created = tuple(
+        dict.fromkeys([*missing_dirs(manifest_path().parent), *missing_dirs(settings.ca_dir)])
+    )
+    footprint = CAFootprint.take(settings.ca_dir)
+    try:
+        plan = build_plan(settings, machine, prepare_ca(settings))
+    except BaseException:
+        _discard(footprint, created)
+        raise
+    return dataclasses.replace(plan, created_dirs=created, ca_footprint=footprint)
+
+
+def preview(settings: Settings, machine: Machine) -> Plan:
+    """The plan as `--dry-run` shows it, after the same check; nothing is written."""
+    check(plan_inputs(settings, machine))
+    return build_plan(settings, machine, planned_ca(settings))
+
+
+def _discard(footprint: CAFootprint | None, created: tuple[Path, ...]) -> None:
+    if footprint is not None:
+        footprint.remove_added()
+    remove_empty_dirs(created)
+
+
 def install(settings: Settings, plan: Plan, runner: Runner) -> Outcome:
-    """Apply `plan`, recording it in the manifest with `settings`."""
+    """Apply `plan`, recording it in the manifest with `settings`. On failure the machine is
+    put back as it was before `prepare` (a RolledBackError says what failed)."""
     path = manifest_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.load(path)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest.load(path)
+    except BaseException:
+        _discard(plan.ca_footprint, plan.created_dirs)
+        raise
+    previous_settings = manifest.settings
     manifest.settings = settings.to_json()
-    return apply(plan.steps, manifest, runner, path)
+    added = [
+        dir_entry(d) for d in plan.created_dirs if manifest.find("dir", "path", str(d)) is None
+    ]
+    manifest.entries += added
+    try:
+        return apply(plan.steps, manifest, runner, path)
+    except BaseException:
+        # apply put back the entries it found: the earlier installs' and `added`.
+        manifest.entries = [e for e in manifest.entries if e not in added]
+        manifest.settings = previous_settings
+        if existed:
+            manifest.save(path)
+        else:
+            path.unlink(missing_ok=True)
+        _discard(plan.ca_footprint, plan.created_dirs)
+        raise
 
 
 def planned_ca(settings: Settings) -> TrustedCA:
@@ -149,4 +275,7 @@ def uninstall(runner: Runner, *, purge: bool) -> Outcome:
             if directory.exists():
                 shutil.rmtree(directory)
                 outcome.changed.append(f"removed {directory}")
+    # Again now that the manifest (and with --purge the CA) is gone from them.
+    created = [Path(e["path"]) for e in manifest.entries if e["kind"] == "dir"]
+    outcome.changed.extend(f"removed {d}" for d in remove_empty_dirs(created))
     return outcome

@@ -30,6 +30,7 @@ def log_path() -> Path:
 
 
 def render_plist(settings: Settings, python: str = sys.executable) -> str:
+    # Element text: `escape` covers &, < and >; inputs.py refuses what XML cannot hold.
     argv = [python, "-m", "transcache", *settings.run_arguments()]
     return render(
         PLIST_TEMPLATE,
@@ -39,14 +40,14 @@ def render_plist(settings: Settings, python: str = sys.executable) -> str:
     )
 
 
-def steps(settings: Settings, *, uid: int) -> list[Step]:
+def steps(settings: Settings, *, uid: int, python: str) -> list[Step]:
     plist = plist_path()
     domain = f"gui/{uid}"
     bootout = ("launchctl", "bootout", f"{domain}/{LABEL}")
     return [
         # launchd does not create the log directory.
         MakeDir(_paths.macos_log_dir()),
-        WriteFile(plist, render_plist(settings).encode()),
+        WriteFile(plist, render_plist(settings, python).encode()),
         RunCommands(
             f"load {LABEL} into launchd",
             run=(

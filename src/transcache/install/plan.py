@@ -17,15 +17,23 @@ second install changes nothing. Everything done is recorded in the manifest (JSO
 order it was done: files with their sha256, blocks with what they replaced, commands with
 their undo commands, directories we created. `undo` walks the manifest backwards. `describe`
 renders a plan for `--dry-run` (diffs and commands) from the same comparison.
+
+`apply` is all or nothing for the plan's steps: when one fails (a command, a write), every
+change it made before is reverted, newest first (files get their previous bytes back, new
+commands their undo commands, new directories are removed), the manifest is put back as it
+was, and `RolledBackError` says what failed. Commands that already ran before this install
+and ran again (a restart after a changed unit) are not undone.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
 import os
 import shlex
+import stat
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +51,19 @@ TEXT_ERRORS = "surrogateescape"
 
 class InstallError(Exception):
     pass
+
+
+class RolledBackError(InstallError):
+    """A plan failed part-way and what it had changed was reverted; `leftovers` lists what
+    could not be (an undo command that failed)."""
+
+    def __init__(self, cause: BaseException, leftovers: Sequence[str]) -> None:
+        self.leftovers = list(leftovers)
+        if self.leftovers:
+            message = f"{cause}; undone, except: {'; '.join(self.leftovers)}"
+        else:
+            message = f"{cause}; undone: nothing of this install is left"
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -226,25 +247,120 @@ def _commands_due(step: RunCommands, manifest: Manifest, written: set[Path]) -> 
     return recorded is None or any(p in written for p in step.depends_on)
 
 
-def _make_parents(path: Path, manifest: Manifest) -> None:
+def missing_dirs(directory: Path) -> list[Path]:
+    """`directory` and those of its parents that do not exist, outermost first."""
     missing = []
-    for parent in path.parents:
-        if parent.exists():
+    for path in (directory, *directory.parents):
+        if path.exists():
             break
-        missing.append(parent)
-    for directory in reversed(missing):
+        missing.append(path)
+    return missing[::-1]
+
+
+def dir_entry(directory: Path) -> dict[str, Any]:
+    return {"kind": "dir", "path": str(directory)}
+
+
+def remove_empty_dirs(directories: Iterable[Path]) -> list[Path]:
+    """Remove those of `directories` that are empty (deepest first, so a parent emptied by
+    removing its child goes too); the ones removed."""
+    removed = []
+    for directory in sorted(set(directories), key=lambda p: len(p.parts), reverse=True):
+        try:
+            directory.rmdir()
+        except OSError:
+            continue  # not empty (something else lives there now) or already gone
+        removed.append(directory)
+    return removed
+
+
+@dataclass(frozen=True)
+class _Restore:
+    """A file as it was before apply changed it (`previous` None: it did not exist)."""
+
+    path: Path
+    previous: bytes | None
+    mode: int
+    in_place: bool
+
+    @classmethod
+    def take(cls, path: Path, *, in_place: bool) -> _Restore:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            return cls(path, None, 0, in_place)
+        return cls(path, path.read_bytes(), mode, in_place)
+
+    def revert(self) -> None:
+        if self.previous is None:
+            self.path.unlink(missing_ok=True)
+        elif _read(self.path) == self.previous:
+            return
+        elif self.in_place:
+            _write_in_place(self.path, self.previous)
+        else:
+            _write_atomically(self.path, self.previous, self.mode)
+
+
+# What apply did, oldest first: a file to restore, or a manifest entry (a directory, commands)
+# it added, undone as uninstall would.
+_Change = _Restore | dict[str, Any]
+
+
+def _make_parents(path: Path, manifest: Manifest, journal: list[_Change]) -> None:
+    for directory in missing_dirs(path.parent):
         directory.mkdir()
-        manifest.entries.append({"kind": "dir", "path": str(directory)})
+        entry = dir_entry(directory)
+        manifest.entries.append(entry)
+        journal.append(entry)
 
 
 def apply(steps: Sequence[Step], manifest: Manifest, runner: Runner, save: Path) -> Outcome:
     """Bring the machine to `steps`, recording into `manifest` (saved to `save` after every
-    change, so an interrupted install can still be undone)."""
+    change, so an interrupted install can still be undone). When a step fails, what the
+    steps changed is reverted and RolledBackError raised (see the module comment)."""
     outcome = Outcome()
     for entry in reversed(stale_entries(steps, manifest)):
         _undo_entry(entry, runner, outcome)
         manifest.entries.remove(entry)
         manifest.save(save)
+    recorded = copy.deepcopy(manifest.entries)
+    journal: list[_Change] = []
+    try:
+        _apply_steps(steps, manifest, runner, save, outcome, journal)
+    except BaseException as exc:
+        leftovers = _revert(journal, runner)
+        manifest.entries[:] = recorded
+        manifest.save(save)
+        if isinstance(exc, Exception):
+            raise RolledBackError(exc, leftovers) from exc
+        raise
+    manifest.save(save)
+    return outcome
+
+
+def _revert(journal: list[_Change], runner: Runner) -> list[str]:
+    """Undo `journal`, newest first; what could not be undone."""
+    outcome = Outcome()
+    for change in reversed(journal):
+        if isinstance(change, _Restore):
+            try:
+                change.revert()
+            except OSError as exc:
+                outcome.warnings.append(f"cannot restore {change.path}: {exc}")
+        else:
+            _undo_entry(change, runner, outcome)
+    return outcome.warnings
+
+
+def _apply_steps(
+    steps: Sequence[Step],
+    manifest: Manifest,
+    runner: Runner,
+    save: Path,
+    outcome: Outcome,
+    journal: list[_Change],
+) -> None:
     written: set[Path] = set()
     for step in steps:
         if isinstance(step, WriteFile):
@@ -252,7 +368,8 @@ def apply(steps: Sequence[Step], manifest: Manifest, runner: Runner, save: Path)
                 if manifest.find("file", "path", str(step.path)) is None:
                     manifest.entries.append(_file_entry(step.path, step.content))
                 continue
-            _make_parents(step.path, manifest)
+            _make_parents(step.path, manifest, journal)
+            journal.append(_Restore.take(step.path, in_place=False))
             _write_atomically(step.path, step.content, step.mode)
             entry = manifest.find("file", "path", str(step.path))
             if entry is None:
@@ -270,7 +387,9 @@ def apply(steps: Sequence[Step], manifest: Manifest, runner: Runner, save: Path)
             if current == new:
                 continue
             if current is None:
-                _make_parents(step.path, manifest)
+                _make_parents(step.path, manifest, journal)
+            journal.append(_Restore.take(step.path, in_place=True))
+            if current is None:
                 step.path.write_bytes(new)
             else:
                 _write_in_place(step.path, new)
@@ -279,29 +398,27 @@ def apply(steps: Sequence[Step], manifest: Manifest, runner: Runner, save: Path)
         elif isinstance(step, MakeDir):
             if step.path.is_dir():
                 continue
-            _make_parents(step.path / "-", manifest)
+            _make_parents(step.path / "-", manifest, journal)
             outcome.changed.append(f"created {step.path}")
         else:
             if not _commands_due(step, manifest, written):
                 continue
             # Recorded before running: commands that fail half-way are still undone.
             if manifest.find("commands", "run", [list(a) for a in step.run]) is None:
-                manifest.entries.append(
-                    {
-                        "kind": "commands",
-                        "description": step.description,
-                        "run": [list(a) for a in step.run],
-                        "undo": [list(a) for a in step.undo],
-                        "store": step.store,
-                    }
-                )
+                entry = {
+                    "kind": "commands",
+                    "description": step.description,
+                    "run": [list(a) for a in step.run],
+                    "undo": [list(a) for a in step.undo],
+                    "store": step.store,
+                }
+                manifest.entries.append(entry)
+                journal.append(entry)
                 manifest.save(save)
             for argv in step.run:
                 runner.run(argv)
             outcome.changed.append(step.description)
         manifest.save(save)
-    manifest.save(save)
-    return outcome
 
 
 def _file_entry(path: Path, content: bytes) -> dict[str, Any]:
@@ -348,10 +465,7 @@ def _undo_entry(entry: dict[str, Any], runner: Runner, outcome: Outcome) -> None
             _write_in_place(path, _encode(text))
             outcome.changed.append(f"restored {path}")
     elif entry["kind"] == "dir":
-        try:
-            path.rmdir()
-        except OSError:
-            pass  # not empty: something else lives there now
+        remove_empty_dirs([path])
 
 
 def _step_key(step: Step) -> tuple[str, object]:

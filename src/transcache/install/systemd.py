@@ -23,6 +23,8 @@ from .templates import render
 SERVICE_NAME = "transcache.service"
 SOCKET_NAME = "transcache.socket"
 SYSTEMCTL = ("systemctl", "--user")
+# An ExecStart word holding one of these is written in double quotes.
+WORD_QUOTED = " \t\n\"'\\;"
 # Every variable that could send the service through a proxy or change whom it trusts.
 UNSET_VARIABLES = (
     *PROXY_VARIABLES,
@@ -44,19 +46,24 @@ def manager_running(environ: Mapping[str, str] = os.environ) -> bool:
     return (Path(runtime) / "systemd" / "private").exists()
 
 
-def quote(arg: str) -> str:
-    """One ExecStart word: specifiers (%) and variables ($) escaped, quoted when needed."""
-    arg = arg.replace("%", "%%").replace("$", "$$")
-    if arg and not any(c in arg for c in " \t\n\"'\\;"):
+def quote(arg: str, *, executable: bool = False) -> str:
+    """One ExecStart word: specifiers (%) escaped, and variables ($) in arguments (systemd
+    substitutes none in the executable's path, so `$$` there would stay two characters);
+    quoted when needed. inputs.py refuses what no quoting carries: control characters, and
+    quotes or backslashes in the executable's path."""
+    arg = arg.replace("%", "%%")
+    if not executable:
+        arg = arg.replace("$", "$$")
+    if arg and not any(c in arg for c in WORD_QUOTED):
         return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_service(settings: Settings, python: str = sys.executable) -> str:
-    argv = [python, "-m", "transcache", *settings.run_arguments()]
+    program, *arguments = [python, "-m", "transcache", *settings.run_arguments()]
     return render(
         SERVICE_NAME,
-        exec_start=" ".join(quote(a) for a in argv),
+        exec_start=" ".join([quote(program, executable=True), *map(quote, arguments)]),
         unset_environment=" ".join(UNSET_VARIABLES),
     )
 
@@ -66,10 +73,10 @@ def render_socket(settings: Settings) -> str:
     return render(SOCKET_NAME, listen=f"{host}:{settings.listen_port}")
 
 
-def steps(settings: Settings, *, running: bool, user: str) -> list[Step]:
+def steps(settings: Settings, *, running: bool, user: str, python: str) -> list[Step]:
     service = unit_dir() / SERVICE_NAME
     socket = unit_dir() / SOCKET_NAME
-    files: list[Step] = [WriteFile(service, render_service(settings).encode())]
+    files: list[Step] = [WriteFile(service, render_service(settings, python).encode())]
     unit: str = SERVICE_NAME
     units: tuple[Path, ...] = (service,)
     if settings.socket_activation:
