@@ -16,6 +16,8 @@ import pytest
 from transcache._protocol import Headers
 from transcache._store import LOCK_NAME, SMALL_BODY_BYTES, Entry, Store, key_digest
 
+from . import fsaudit
+
 URL = "https://files.test/packages/pkg-1.0.tar.gz"
 HEADERS: Headers = [(b"Content-Type", b"application/gzip"), (b"ETag", b'"v1"')]
 MAX_SIZE = 10 * 1024 * 1024
@@ -212,6 +214,40 @@ def test_corrupt_metadata_is_a_miss_and_is_removed(
     assert not path.exists()
     publish(store, "k1", b"body")
     assert store.get("k1") is not None
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        lambda planted, real: str(planted),
+        lambda planted, real: "../.." + str(planted),
+        lambda planted, real: real.upper(),
+        lambda planted, real: real + "\n",
+        lambda planted, real: real[:-1],
+    ],
+    ids=["absolute-path", "dotdot-path", "uppercase", "trailing-newline", "short"],
+)
+def test_metadata_whose_digest_is_not_a_sha256_is_a_miss_and_is_removed(
+    store: Store,
+    cache_dir: Path,
+    tmp_path: Path,
+    digest: Callable[[Path, str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The body path is built from the digest: one naming a path must never reach the disk."""
+    body = b"a cached body"
+    planted = tmp_path / "planted"
+    planted.write_bytes(b"secret bytes!")  # the same size as the body
+    entry = publish(store, "k1", body)
+    path = meta_path(cache_dir, "k1")
+    record = json.loads(path.read_bytes())
+    path.write_bytes(json.dumps({**record, "digest": digest(planted, entry.digest)}).encode())
+    with fsaudit.recording() as seen:
+        assert store.get("k1") is None
+    assert seen.touching(planted) == []
+    assert not path.exists()
+    assert "k1" in caplog.text and "digest" in caplog.text
+    assert list(store.entries()) == []
 
 
 def test_metadata_written_for_another_key_is_a_miss_and_left_alone(
@@ -488,3 +524,61 @@ def test_small_bodies_are_read_once_and_large_ones_not_kept(store: Store) -> Non
     small.body_path.unlink()  # evicted: the remembered bytes are still the right bytes
     assert store.small_body(small) == b"s" * 100
     assert store.small_body(large) is None
+
+
+# -- body integrity ---------------------------------------------------------------------------
+
+
+def flip_first_byte(path: Path) -> None:
+    damaged = bytearray(path.read_bytes())
+    damaged[0] ^= 0x01
+    path.write_bytes(bytes(damaged))
+
+
+def opened(seen: fsaudit.Recording, path: Path) -> bool:
+    return any(event.event == "open" for event in seen.touching(path))
+
+
+@pytest.mark.parametrize("size", [100, SMALL_BODY_BYTES + 1], ids=["small", "large"])
+def test_a_body_this_process_published_is_verified_without_reading_it(
+    store: Store, size: int
+) -> None:
+    entry = publish(store, "k1", b"x" * size)
+    with fsaudit.recording() as seen:
+        assert store.verified(entry)
+    assert not opened(seen, entry.body_path)
+
+
+@pytest.mark.parametrize("size", [100, SMALL_BODY_BYTES + 1], ids=["small", "large"])
+def test_a_corrupted_body_fails_verification_and_is_removed(
+    store: Store, cache_dir: Path, size: int
+) -> None:
+    entry = publish(store, "k1", b"x" * size)
+    flip_first_byte(entry.body_path)
+    other = Store(cache_dir, MAX_SIZE)  # another process: it has hashed nothing yet
+    try:
+        assert not other.verified(entry)
+        assert not entry.body_path.exists()
+    finally:
+        other.close()
+
+
+def test_verification_is_remembered_until_the_file_changes(store: Store, cache_dir: Path) -> None:
+    entry = publish(store, "k1", b"L" * (SMALL_BODY_BYTES + 1))
+    other = Store(cache_dir, MAX_SIZE)
+    try:
+        with fsaudit.recording() as first:
+            assert other.verified(entry)
+        assert opened(first, entry.body_path)
+        with fsaudit.recording() as again:
+            assert other.verified(entry)
+            other.touch(entry)  # a hit marks it used: still the same bytes
+            assert other.verified(entry)
+        assert not opened(again, entry.body_path)
+        stat = entry.body_path.stat()
+        os.utime(entry.body_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        with fsaudit.recording() as changed:
+            assert other.verified(entry)
+        assert opened(changed, entry.body_path)
+    finally:
+        other.close()

@@ -11,12 +11,18 @@ Export picks entries whose URL matches a shell pattern and, with `since`, those 
 time: a body's modification time is touched on every hit, so `since` = the start of a CI run
 picks what the run used (an entry stored or served during it).
 
-Import streams the archive. Each body is written into the store's temp dir while it is
-hashed and published (renamed into place) only if its hash is its name; metadata is
-published (temp file + rename) only if its name is the hash of its key and, for an entry,
-its body is in the store with the stated size. Anything else is skipped and reported. The
-store's own publish steps are used, so importing into a cache a proxy is serving is safe; an
-entry already in the cache that is at least as recent as the imported one is kept.
+Import treats the archive as hostile (a CI cache can be tampered with). Only regular files
+with the names above are read; links, other names and other types are skipped. It reads the
+archive twice: first the metadata, which is validated whole (a digest is a sha256, never a
+path) and says which bodies to expect and their sizes; then the bodies. A body is written
+only if an entry names it, its tar header's size is one an entry declares, and it fits in the
+cache's max size and the free disk space; no more than that size is ever read. So a gzip bomb
+writes nothing. Each body is written into the store's temp dir while it is hashed and
+published (renamed into place) only if its hash is its name; metadata is published (temp
+file + rename) only if its name is the hash of its key and, for an entry, its body is in the
+store with the stated size. Anything else is skipped and reported. The store's own publish
+steps are used, so importing into a cache a proxy is serving is safe; an entry already in the
+cache that is at least as recent as the imported one is kept.
 """
 
 from __future__ import annotations
@@ -27,23 +33,34 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ._store import HASH_CHUNK, LAYOUT, Entry, Store, _sharded, key_digest
+from ._store import (
+    FILE_MODE,
+    HASH_CHUNK,
+    LAYOUT,
+    Entry,
+    Store,
+    key_digest,
+    metadata_problem,
+    shard_path,
+)
 
 # The archive names what it may hold; nothing else is ever written to disk.
 MEMBER = re.compile(
-    rf"^{LAYOUT}/(?P<kind>blobs|meta)/(?P<a>[0-9a-f]{{2}})/(?P<b>[0-9a-f]{{2}})/"
-    r"(?P<digest>[0-9a-f]{64})$"
+    rf"{LAYOUT}/(?P<kind>blobs|meta)/(?P<a>[0-9a-f]{{2}})/(?P<b>[0-9a-f]{{2}})/"
+    r"(?P<digest>[0-9a-f]{64})"
 )
+# Plain files only: no links, devices, or sparse members (whose size is not what is stored).
+FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 MAX_META_BYTES = 1024 * 1024
-FILE_MODE = 0o644
 
 
 @dataclass
@@ -57,7 +74,7 @@ class ArchiveResult:
 
 
 def _member_name(kind: str, digest: str) -> str:
-    return _sharded(Path(LAYOUT) / kind, digest).as_posix()
+    return shard_path(Path(LAYOUT) / kind, digest).as_posix()
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -159,25 +176,18 @@ def import_archive(store: Store, path: Path) -> ArchiveResult:
     entries: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
     with tarfile.open(path, mode="r:gz") as tar:
-        for member in tar:
-            match = MEMBER.match(member.name)
-            if not member.isfile() or match is None or not _shard_matches(match):
-                result.skipped.append(f"{member.name}: not a cache file")
-                continue
-            source = tar.extractfile(member)
-            if source is None:
-                continue
-            digest = match["digest"]
-            if match["kind"] == "blobs":
-                _import_body(store, source, digest, member.size, result)
-                continue
-            data = _read_meta(source, member.size)
-            if data is None or key_digest(str(data.get("key"))) != digest:
-                result.skipped.append(f"{member.name}: metadata that does not match its name")
-            elif "digest" in data:
-                entries[data["key"]] = data
-            else:
-                records[data["key"]] = data
+        for member, kind, digest in _cache_members(tar, result):
+            if kind == "meta":
+                _take_meta(tar, member, digest, entries, records, result)
+    # Exports put bodies first, so the bodies are read in a second pass, once their metadata
+    # has said which to expect and how large each is.
+    sizes: dict[str, set[int]] = {}
+    for data in entries.values():
+        sizes.setdefault(data["digest"], set()).add(data["size"])
+    with tarfile.open(path, mode="r:gz") as tar:
+        for member, kind, digest in _cache_members(tar, None):
+            if kind == "blobs":
+                _import_body(store, tar, member, digest, sizes.get(digest, set()), result)
     imported = [key for key, data in entries.items() if _import_entry(store, key, data, result)]
     result.entries = len(imported)
     wanted = _primary_keys(imported)
@@ -187,21 +197,78 @@ def import_archive(store: Store, path: Path) -> ArchiveResult:
     return result
 
 
+def _cache_members(
+    tar: tarfile.TarFile, result: ArchiveResult | None
+) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
+    """The members that are cache files: (member, "blobs" or "meta", digest). The others
+    are reported as skipped in `result`, when given."""
+    for member in tar:
+        match = MEMBER.fullmatch(member.name)
+        if member.type not in FILE_TYPES or match is None or not _shard_matches(match):
+            if result is not None:
+                result.skipped.append(f"{member.name}: not a cache file")
+            continue
+        yield member, match["kind"], match["digest"]
+
+
 def _shard_matches(match: re.Match[str]) -> bool:
     digest = match["digest"]
     return match["a"] == digest[:2] and match["b"] == digest[2:4]
 
 
-def _import_body(
-    store: Store, source: IO[bytes], digest: str, size: int, result: ArchiveResult
+def _take_meta(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    digest: str,
+    entries: dict[str, dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    result: ArchiveResult,
 ) -> None:
-    if _sharded(store.blobs, digest).exists():
+    source = tar.extractfile(member)
+    data = None if source is None else _read_meta(source, member.size)
+    if data is None or key_digest(data["key"]) != digest:
+        result.skipped.append(f"{member.name}: metadata that does not match its name")
+        return
+    problem = metadata_problem(data)
+    if problem is not None:
+        result.skipped.append(f"{data.get('url', data['key'])}: malformed metadata ({problem})")
+    elif "digest" in data:
+        entries[data["key"]] = data
+    else:
+        records[data["key"]] = data
+
+
+def _import_body(
+    store: Store,
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    digest: str,
+    declared: set[int],
+    result: ArchiveResult,
+) -> None:
+    size = member.size
+    if shard_path(store.blobs, digest).exists():
         return  # the same bytes are stored already
+    problem = None
+    if not declared:
+        problem = "no entry in the archive names it"
+    elif size not in declared:
+        problem = f"{size} bytes in the archive, but its entry says {min(declared)}"
+    elif size > store.max_size:
+        problem = f"{size} bytes, more than the cache's max size ({store.max_size})"
+    elif size > shutil.disk_usage(store.tmp).free:
+        problem = f"{size} bytes, more than the free disk space"
+    source = tar.extractfile(member)
+    if problem is not None or source is None:
+        result.skipped.append(f"body {digest}: {problem}")
+        return
     writer = store.begin()
     try:
-        while chunk := source.read(HASH_CHUNK):
+        left = size
+        while left and (chunk := source.read(min(HASH_CHUNK, left))):
             writer.write(chunk)
-        published = writer.publish_if(digest)
+            left -= len(chunk)
+        published = writer.written == size and writer.publish_if(digest)
     except BaseException:
         writer.abort()
         raise
@@ -209,6 +276,7 @@ def _import_body(
         result.bodies += 1
         result.bytes += size
     else:
+        writer.abort()
         result.skipped.append(f"body {digest}: corrupt (its sha256 is not its name)")
 
 
@@ -216,7 +284,7 @@ def _read_meta(source: IO[bytes], size: int) -> dict[str, Any] | None:
     if size > MAX_META_BYTES:
         return None
     try:
-        data = json.loads(source.read())
+        data = json.loads(source.read(size))
     except ValueError:
         return None
     return data if isinstance(data, dict) and isinstance(data.get("key"), str) else None
@@ -224,7 +292,7 @@ def _read_meta(source: IO[bytes], size: int) -> dict[str, Any] | None:
 
 def _import_entry(store: Store, key: str, data: dict[str, Any], result: ArchiveResult) -> bool:
     url = data.get("url", key)
-    if not _sharded(store.blobs, str(data["digest"])).exists():
+    if not shard_path(store.blobs, data["digest"]).exists():
         result.skipped.append(f"{url}: its body is missing or corrupt")
         return False
     current = store.get(key)

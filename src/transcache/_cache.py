@@ -48,7 +48,7 @@ from ._protocol import (
     header_value,
     request_headers_for_upstream,
 )
-from ._store import BodyWriter, Entry, Store, now
+from ._store import SMALL_BODY_BYTES, BodyWriter, Entry, Store, now
 from ._upstream import BodyReader, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("transcache.cache")
@@ -88,7 +88,8 @@ class _Published(Exception):
 
 
 class _EntryGone(Exception):
-    """A stored body vanished (evicted, deleted) between lookup and reading."""
+    """A stored body vanished (evicted, deleted) between lookup and reading, or is not what
+    its digest says (and was removed)."""
 
     def __init__(self, key: str) -> None:
         super().__init__(key)
@@ -96,7 +97,8 @@ class _EntryGone(Exception):
 
 
 class StoredResponse:
-    """A response whose body is (part of) a stored blob, read straight from disk."""
+    """A response whose body is (part of) a stored blob, read straight from disk. `entry`
+    is the stored entry it answers from (also for HEAD, 304 and 416), checked before use."""
 
     def __init__(
         self,
@@ -111,6 +113,7 @@ class StoredResponse:
         self.status = status
         self.reason = reason
         self.headers = headers
+        self.entry = entry
         self._store = store
         self._fd = -1
         self._position = start
@@ -286,12 +289,41 @@ class Cache:
         ref discovery always asks upstream and keeps the answer for when it cannot."""
         once = self._respond_git_once if git else self._respond_once
         try:
-            return await once(method, origin, path, client_headers, body, outcome)
+            return await self._intact(
+                await once(method, origin, path, client_headers, body, outcome)
+            )
         except _Published:
-            return await once(method, origin, path, client_headers, body, outcome)
+            return await self._intact(
+                await once(method, origin, path, client_headers, body, outcome)
+            )
         except _EntryGone as gone:
-            self.store.remove(gone.key)  # evicted between lookup and open: now a miss
-            return await once(method, origin, path, client_headers, body, outcome)
+            # Evicted between lookup and open, or corrupt: removed, so now a miss.
+            self.store.remove(gone.key)
+            return await self._intact(
+                await once(method, origin, path, client_headers, body, outcome)
+            )
+
+    async def _intact(self, source: ResponseSource) -> ResponseSource:
+        """`source`, unless it answers from a stored body that is not what its digest says:
+        then that body is gone and the request becomes a miss (_EntryGone). Hashing a large
+        body the first time runs in a worker thread, off the event loop."""
+        if not isinstance(source, StoredResponse) or source.entry is None:
+            return source
+        entry = source.entry
+        if not self.store.needs_hashing(entry):
+            return source
+        try:
+            if entry.size <= SMALL_BODY_BYTES:
+                intact = self.store.verified(entry)
+            else:
+                intact = await trio.to_thread.run_sync(self.store.verified, entry)
+        except BaseException:
+            await source.aclose()
+            raise
+        if not intact:
+            await source.aclose()
+            raise _EntryGone(entry.key)
+        return source
 
     async def _respond_once(
         self,
@@ -447,7 +479,7 @@ class Cache:
         ]
         if policy.not_modified_for_client(client_headers, entry.headers):
             headers = policy.not_modified_headers(entry.headers) + common
-            return StoredResponse(304, b"Not Modified", headers, None)
+            return StoredResponse(304, b"Not Modified", headers, entry)
         base = [
             (k, v)
             for k, v in entry.headers
@@ -462,7 +494,7 @@ class Cache:
                 (b"Content-Range", f"bytes */{entry.size}".encode()),
                 (b"Content-Length", b"0"),
             ]
-            return StoredResponse(416, b"Range Not Satisfiable", headers, None)
+            return StoredResponse(416, b"Range Not Satisfiable", headers, entry)
         if span is None or entry.status != 200:
             headers = [*base, (b"Content-Length", str(entry.size).encode())]
             length = 0 if head_only else entry.size

@@ -17,6 +17,12 @@ transcache processes can share one cache dir.
 Eviction is least-recently-used over blobs, by modification time (touched on every hit), and
 runs while the proxy serves. Every method here that can fail on storage degrades: lookups
 return None, writes raise OSError to the caller, which then passes the response through.
+
+Everything read back is checked before use, since a cache dir can be restored from a tampered
+archive or hit by bit rot: metadata is validated whole (a digest is exactly 64 lowercase hex
+digits, and a path is only ever built from such a digest, by `shard_path`), and a body is
+hashed once per process before its first use (`Store.verified`). Directories are created 0700
+and files 0600, whatever the umask: stored responses may answer credentialed requests.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -55,10 +62,82 @@ TOUCHED_ENTRIES = 100_000
 # alone this long (its process may be starting).
 STAGING_PREFIX = ".new-"
 STAGING_GRACE = 600.0
+# Owner-only, whatever the umask: other local users must not read cached responses.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+DIGEST = re.compile(r"[0-9a-f]{64}")
+# Verification results remembered per body before the memory is cleared (then re-hashed).
+VERIFIED_ENTRIES = 100_000
 
 
-def _sharded(root: Path, digest: str) -> Path:
+def valid_digest(value: object) -> bool:
+    return isinstance(value, str) and DIGEST.fullmatch(value) is not None
+
+
+def shard_path(root: Path, digest: str) -> Path:
+    """Where the file named `digest` lives under `root` (`ab/cd/abcd...`): the one place a
+    path is built from a digest, so it refuses anything but a sha256 hex digest (a digest
+    read from metadata could be `/etc/passwd` or `../../x`). Raises ValueError."""
+    if not valid_digest(digest):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
     return root / digest[:2] / digest[2:4] / digest
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700 whatever the umask."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            continue  # another process made it meanwhile
+        os.chmod(directory, DIR_MODE)  # the umask may have taken bits away
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a new file (0600) that no one else has yet: a temp file about to be renamed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def metadata_problem(data: dict[str, Any]) -> str | None:
+    """What makes a metadata record (an entry, or a key's Vary index record) unusable, or
+    None. Pure: used on every record read from the store or from an archive."""
+    if not isinstance(data.get("key"), str):
+        return "no key"
+    if "digest" not in data:
+        vary = data.get("vary")
+        if not isinstance(vary, list) or not all(isinstance(f, str) for f in vary):
+            return "an index record without a list of Vary fields"
+        return None
+    if not valid_digest(data["digest"]):
+        return f"a digest that is not a sha256: {data['digest']!r}"
+    size = data.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"a bad size: {size!r}"
+    return None
+
+
+def _signature(stat: os.stat_result) -> tuple[int, int, int]:
+    """What identifies one version of a file: a rewrite or a replacement changes it."""
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _sha256_of(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, HASH_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
 def key_digest(key: str) -> str:
@@ -117,7 +196,7 @@ class BodyWriter:
     def __init__(self, store: Store, path: Path) -> None:
         self._store = store
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         self._hash = hashlib.sha256()
         self.written = 0
 
@@ -133,7 +212,7 @@ class BodyWriter:
         """fsync and publish the body, then its metadata. Raises OSError on failure."""
         digest = self._publish(None)
         assert digest is not None
-        blob = _sharded(self._store.blobs, digest)
+        blob = shard_path(self._store.blobs, digest)
         entry = Entry(digest=digest, size=self.written, body_path=blob, **entry_fields)
         self._store.write_meta(entry.key, entry.to_json())
         return entry
@@ -148,20 +227,23 @@ class BodyWriter:
         """Make the body a blob named by its digest (returned); None, and nothing published,
         when it is not the `expected` one."""
         os.fsync(self._fd)
+        written = os.fstat(self._fd)
         os.close(self._fd)
         self._fd = -1
         digest = self._hash.hexdigest()
         if expected is not None and digest != expected:
             self.abort()
             return None
-        blob = _sharded(self._store.blobs, digest)
-        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob = shard_path(self._store.blobs, digest)
+        make_private_dirs(blob.parent)
         if blob.exists():
             os.unlink(self.path)  # same bytes already stored
             os.utime(blob)
         else:
             os.replace(self.path, blob)
             self._store.size += self.written
+            # Hashed as it arrived: its first hit need not read it again.
+            self._store._remember_verified(digest, written)
         return digest
 
     def abort(self) -> None:
@@ -181,14 +263,17 @@ class Store:
         self._meta_root = str(self.meta)
         self.max_size = max_size
         for directory in (self.meta, self.blobs, self.tmp):
-            directory.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(directory)
+        # A cache made before files were owner-only: shut it to other users at the top.
+        for directory in (self.root, self.meta, self.blobs, self.tmp):
+            os.chmod(directory, DIR_MODE)
         self._clean_stale_tmp()
         # The dir gets its final name only once locked, so no other process starting now
         # can take it for a dead one's.
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         staging = self.tmp / f"{STAGING_PREFIX}{name}"
-        staging.mkdir()
-        self._lock_fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        staging.mkdir(DIR_MODE)
+        self._lock_fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._own_tmp = self.tmp / name
         os.rename(staging, self._own_tmp)
@@ -200,6 +285,8 @@ class Store:
         self._touched: dict[str, float] = {}
         self._small_bodies: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
+        # digest -> signature of the blob file whose bytes hashed to it in this process.
+        self._verified: dict[str, tuple[int, int, int]] = {}
 
     def close(self) -> None:
         self.flush_counters()
@@ -261,23 +348,28 @@ class Store:
             return None
         if not isinstance(data, dict) or data.get("key") != key:
             return None  # a hash collision or a foreign file: not ours
+        problem = metadata_problem(data)
+        if problem is not None:
+            log.warning("cache metadata for %s has %s: removed", key, problem)
+            self.remove(key)
+            return None
         self._memo[key] = (signature, data, None)
         if len(self._memo) > META_MEMO_ENTRIES:
             self._memo.popitem(last=False)
         return data
 
     def write_meta(self, key: str, data: dict[str, Any]) -> None:
-        path = _sharded(self.meta, key_digest(key))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = shard_path(self.meta, key_digest(key))
+        make_private_dirs(path.parent)
         tmp = self._own_tmp / f"meta-{secrets.token_hex(8)}"
-        tmp.write_bytes(json.dumps(data, separators=(",", ":")).encode())
+        write_private(tmp, json.dumps(data, separators=(",", ":")).encode())
         os.replace(tmp, path)
         self._memo.pop(key, None)
 
     def remove(self, key: str) -> None:
         self._memo.pop(key, None)
         with contextlib.suppress(OSError):
-            _sharded(self.meta, key_digest(key)).unlink()
+            shard_path(self.meta, key_digest(key)).unlink()
 
     def get(self, key: str) -> Entry | None:
         """The stored entry for `key`, if its metadata and body are both present."""
@@ -288,7 +380,7 @@ class Store:
         if memo is not None and memo[1] is data and memo[2] is not None:
             return memo[2]  # unchanged on disk since we last checked it whole
         try:
-            blob = _sharded(self.blobs, data["digest"])
+            blob = shard_path(self.blobs, data["digest"])
             entry = Entry(
                 key=key,
                 url=data["url"],
@@ -329,7 +421,10 @@ class Store:
             self._touched.clear()
         self._touched[entry.digest] = now
         with contextlib.suppress(OSError):
+            verified = self._verified.get(entry.digest) == _signature(entry.body_path.stat())
             os.utime(entry.body_path)
+            if verified:  # our own touch moved the mtime, not the bytes
+                self._remember_verified(entry.digest, entry.body_path.stat())
 
     def small_body(self, entry: Entry) -> bytes | None:
         """The whole body of a small entry, from memory after its first read (bodies are
@@ -344,12 +439,69 @@ class Store:
         data = entry.body_path.read_bytes()
         if len(data) != entry.size:
             raise OSError(f"{entry.body_path} changed size")
+        if hashlib.sha256(data).hexdigest() != entry.digest:
+            self._discard_corrupt(entry)
+            raise OSError(f"{entry.body_path} is corrupt")
         self._small_bodies[entry.digest] = data
         self._small_bytes += len(data)
         while self._small_bytes > SMALL_BODIES_TOTAL:
             _, dropped = self._small_bodies.popitem(last=False)
             self._small_bytes -= len(dropped)
         return data
+
+    def verified(self, entry: Entry) -> bool:
+        """Whether the entry's body is intact: its sha256 is its digest. Each version of a
+        blob file (inode, mtime, size) is hashed once per process; bodies this process stored
+        were hashed as they arrived. A corrupt body is removed (False). Reads the whole body
+        the first time: see `needs_hashing` to keep that off an event loop."""
+        if not self.needs_hashing(entry):
+            return True
+        if entry.size <= SMALL_BODY_BYTES:
+            try:
+                self.small_body(entry)  # hashes what it reads
+            except OSError:
+                return False
+            return True
+        try:
+            fd = os.open(entry.body_path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            stat = os.fstat(fd)  # what is hashed is what is remembered, even if replaced
+            intact = stat.st_size == entry.size and _sha256_of(fd) == entry.digest
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if not intact:
+            self._discard_corrupt(entry)
+            return False
+        self._remember_verified(entry.digest, stat)
+        return True
+
+    def needs_hashing(self, entry: Entry) -> bool:
+        """Whether `verified(entry)` would read the body, not just look it up (cheap)."""
+        if entry.digest in self._small_bodies:
+            return False  # hashed when it was read into memory
+        verified = self._verified.get(entry.digest)
+        try:
+            return verified is None or verified != _signature(os.stat(entry.body_path))
+        except OSError:
+            return True  # gone: verified() finds out
+
+    def _remember_verified(self, digest: str, stat: os.stat_result) -> None:
+        """Record that the blob file with this stat hashed to `digest`. Called from worker
+        threads too: a plain dict assignment."""
+        if len(self._verified) > VERIFIED_ENTRIES:
+            self._verified.clear()
+        self._verified[digest] = _signature(stat)
+
+    def _discard_corrupt(self, entry: Entry) -> None:
+        log.warning("cached body %s is corrupt (its sha256 is not its name): removed", entry.url)
+        with contextlib.suppress(OSError):
+            entry.body_path.unlink()
+            self.size -= entry.size
+        self.remove(entry.key)
 
     def update_headers(self, entry: Entry) -> None:
         """Rewrite an entry's metadata (after a 304 refreshed it)."""
@@ -410,7 +562,7 @@ class Store:
             try:
                 data = json.loads(path.read_bytes())
                 digest = data.get("digest")
-                if digest is not None and not _sharded(self.blobs, digest).exists():
+                if digest is not None and not shard_path(self.blobs, digest).exists():
                     path.unlink()
                     removed += 1
             except (OSError, ValueError, AttributeError):
@@ -424,15 +576,18 @@ class Store:
         Returns (bodies checked, bodies removed)."""
         checked, removed = 0, []
         for path, _, _ in list(self._blobs()):
-            digest = hashlib.sha256()
             try:
-                with path.open("rb") as f:
-                    while chunk := f.read(HASH_CHUNK):
-                        digest.update(chunk)
+                fd = os.open(path, os.O_RDONLY)
             except OSError:
                 continue
+            try:
+                digest = _sha256_of(fd)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
             checked += 1
-            if digest.hexdigest() != path.name:
+            if digest != path.name:
                 with contextlib.suppress(OSError):
                     size = path.stat().st_size
                     path.unlink()
@@ -444,7 +599,7 @@ class Store:
     def clear(self) -> None:
         for directory in (self.meta, self.blobs):
             shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(directory)
         self.size = 0
 
     # -- counters ----------------------------------------------------------------------------
@@ -468,7 +623,7 @@ class Store:
     @contextlib.contextmanager
     def _locked_stats(self) -> Iterator[dict[str, int]]:
         path = self.root / STATS_NAME
-        fd = os.open(self.root / (STATS_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / (STATS_NAME + ".lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -479,7 +634,7 @@ class Store:
                 counters = {}
             yield counters
             tmp = self._own_tmp / f"stats-{secrets.token_hex(8)}"
-            tmp.write_bytes(json.dumps(counters, sort_keys=True).encode())
+            write_private(tmp, json.dumps(counters, sort_keys=True).encode())
             os.replace(tmp, path)
         finally:
             os.close(fd)
