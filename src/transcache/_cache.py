@@ -56,6 +56,9 @@ log = logging.getLogger("transcache.cache")
 # Chunks a reader may fall behind a flight that lost its disk, before the flight waits for it.
 LIVE_BUFFER_CHUNKS = 16
 COUNTER_FLUSH_SECONDS = 5.0
+# A lookup that finds its entry published or removed under it looks again; twice is enough
+# for a miss to follow a removal, a third try covers a publish racing with it.
+LOOKUP_ATTEMPTS = 3
 # The rule for responses whose URL or request names exact content (a commit, a git object).
 PINNED = policy.Rule("*", policy.RuleAction.IMMUTABLE)
 
@@ -288,20 +291,17 @@ class Cache:
         body, if any, was read whole: pack fetches for object ids are cached as immutable;
         ref discovery always asks upstream and keeps the answer for when it cannot."""
         once = self._respond_git_once if git else self._respond_once
-        try:
-            return await self._intact(
-                await once(method, origin, path, client_headers, body, outcome)
-            )
-        except _Published:
-            return await self._intact(
-                await once(method, origin, path, client_headers, body, outcome)
-            )
-        except _EntryGone as gone:
-            # Evicted between lookup and open, or corrupt: removed, so now a miss.
-            self.store.remove(gone.key)
-            return await self._intact(
-                await once(method, origin, path, client_headers, body, outcome)
-            )
+        for _ in range(LOOKUP_ATTEMPTS):
+            try:
+                return await self._intact(
+                    await once(method, origin, path, client_headers, body, outcome)
+                )
+            except _Published:
+                pass  # published a moment ago: look again, and hit
+            except _EntryGone as gone:
+                # Evicted between lookup and open, or corrupt: removed, so now a miss.
+                self.store.remove(gone.key)
+        raise ProxyError(f"{origin.url(path)}: the cache entry kept changing; try again")
 
     async def _intact(self, source: ResponseSource) -> ResponseSource:
         """`source`, unless it answers from a stored body that is not what its digest says:
