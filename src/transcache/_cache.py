@@ -129,8 +129,8 @@ class StoredResponse:
                 self._small = store.small_body(entry) if store is not None else None
                 if self._small is None:
                     self._fd = os.open(entry.body_path, os.O_RDONLY)
-            except OSError:
-                raise _EntryGone(entry.key) from None
+            except OSError as exc:
+                raise _EntryGone(entry.key) from exc
 
     async def read(self) -> bytes:
         if self._remaining <= 0:
@@ -398,7 +398,7 @@ class Cache:
                 body, encoding.decode("latin-1") if encoding else None
             )
         except _git.GitBodyError as exc:
-            raise BadRequestError(f"undecodable git request body: {exc}") from None
+            raise BadRequestError(f"undecodable git request body: {exc}") from exc
         kind = _git.classify_upload_pack(decoded)
         key = policy.primary_key(_git.pack_cache_key(url, protocol, decoded), partition)
         if kind is _git.GitRequestKind.REF_DISCOVERY:
