@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,18 @@ from .test_cache import fetch
 MiB = 1024 * 1024
 
 
+PUBLISH_TIMEOUT = 10.0
+
+
 def blob_path(proxy: ProxyProcess, data: bytes) -> Path:
+    """Where `data` is stored, once published: a client has its last byte a moment before the
+    download is renamed into place, so this waits for the rename."""
     digest = hashlib.sha256(data).hexdigest()
-    return proxy.workdir / "cache" / "v1" / "blobs" / digest[:2] / digest[2:4] / digest
+    path = proxy.workdir / "cache" / "v1" / "blobs" / digest[:2] / digest[2:4] / digest
+    deadline = time.monotonic() + PUBLISH_TIMEOUT
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -40,8 +50,9 @@ def test_a_corrupted_body_is_never_served_as_a_hit(
     url = origin.url("files.test", "/pkg.whl")
     first = start_proxy(origin)
     assert fetch(client_env(home, first.env()), url)[2] == data
+    blob = blob_path(first, data)
     first.stop()
-    flip_byte(blob_path(first, data), size // 2)  # on disk while no proxy runs: bit rot
+    flip_byte(blob, size // 2)  # on disk while no proxy runs: bit rot
 
     proxy = start_proxy(origin)  # the same cache dir
     env = client_env(home, proxy.env())
