@@ -9,11 +9,12 @@ variables a client needs (the proxy printed them; we take them from the same fun
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -22,6 +23,13 @@ from transcache._env import client_environment
 
 LISTENING_PREFIX = "transcache listening on "
 STOP_TIMEOUT = 15.0
+
+
+def _limit_fds(limit: tuple[int, int]) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+
+    return apply
 
 
 class ProxyProcess:
@@ -44,8 +52,10 @@ class ProxyProcess:
         upstream_ca: Iterable[Path] = (),
         resolve: Iterable[tuple[str, int]] = (),
         args: Iterable[str] = (),
+        fd_limit: tuple[int, int] | None = None,
     ) -> Self:
-        """Start `transcache run`; each (host, port) in `resolve` reaches 127.0.0.1."""
+        """Start `transcache run`; each (host, port) in `resolve` reaches 127.0.0.1.
+        `fd_limit` is the (soft, hard) RLIMIT_NOFILE the proxy starts with."""
         workdir.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable,
@@ -76,6 +86,7 @@ class ProxyProcess:
             stdin=subprocess.DEVNULL,
             text=True,
             env=env,
+            preexec_fn=None if fd_limit is None else _limit_fds(fd_limit),
         )
         log.close()
         assert process.stdout is not None

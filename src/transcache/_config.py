@@ -13,9 +13,10 @@ from typing import Any
 
 from . import _paths
 from ._policy import Rule, RuleAction
+from ._protocol import DEFAULT_PORTS
+from ._reach import Destination, parse_destination
 
 DEFAULT_PORT = 8797
-DEFAULT_CONNECT_PORTS = frozenset({443})
 DEFAULT_MAX_SIZE = 10 * 1024**3
 
 
@@ -31,12 +32,25 @@ class Config:
     resolve: Mapping[tuple[str, int], str] = field(default_factory=dict)
     # fnmatch patterns of hosts tunnelled blind, never intercepted.
     passthrough: tuple[str, ...] = ()
-    # Ports CONNECT may reach; the ports named in `resolve` are allowed too.
-    connect_ports: frozenset[int] = DEFAULT_CONNECT_PORTS
+    # Ports origins may be reached on besides the scheme's own (443 for CONNECT and https, 80
+    # for http); a `resolve` entry opens its port for its own host only.
+    connect_ports: frozenset[int] = frozenset()
+    # Loopback, link-local, unspecified and own addresses are refused unless a rule here (or
+    # `resolve`) names them: networks, or host patterns.
+    allow_destinations: tuple[Destination, ...] = ()
+    # Listening beyond loopback needs authentication, which does not exist yet; this starts
+    # anyway (isolated networks only).
+    allow_unauthenticated: bool = False
+    # Client connections served at once; None derives it from the fd limit at start.
+    max_connections: int | None = None
     # Seconds: a client must send a whole request head within header_timeout, and may sit
-    # idle between keep-alive requests for idle_timeout.
+    # idle between keep-alive requests for idle_timeout. A request body is cut when nothing
+    # of it arrives for body_timeout, or when it arrives slower than min_body_rate bytes/s
+    # (0: no minimum).
     header_timeout: float = 30.0
     idle_timeout: float = 120.0
+    body_timeout: float = 60.0
+    min_body_rate: int = 1024
     connect_timeout: float = 15.0
     # Longest silence from an origin mid-response (or before it) before a 504 / cut-off.
     upstream_timeout: float = 120.0
@@ -53,8 +67,27 @@ class Config:
     def is_passthrough(self, host: str) -> bool:
         return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in self.passthrough)
 
-    def connect_allowed(self, port: int) -> bool:
-        return port in self.connect_ports or any(p == port for _, p in self.resolve)
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "idle_timeout", "body_timeout", "connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be more than 0 seconds")
+        if self.min_body_rate < 0:
+            raise ConfigError("min_body_rate must not be negative")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
+        if not all(0 < port < 65536 for port in self.connect_ports):
+            raise ConfigError(f"connect ports must be 1 to 65535: {sorted(self.connect_ports)}")
+
+    def port_refusal(self, scheme: str, host: str, port: int) -> str | None:
+        """Why `host:port` may not be reached over `scheme` (https covers CONNECT), or None."""
+        default = DEFAULT_PORTS[scheme]
+        if port == default or port in self.connect_ports or (host, port) in self.resolve:
+            return None
+        return (
+            f"port {port} is not allowed: {scheme} reaches port {default} and the "
+            f"--connect-port ports (--connect-port {port} opens it, or --resolve "
+            f"{host}:{port}:ADDR for this host only)"
+        )
 
 
 def parse_listen(spec: str) -> tuple[str, int]:
@@ -101,9 +134,10 @@ def parse_min_ttl(spec: str) -> Rule:
 def load_config_file(path: Path) -> dict[str, Any]:
     """Config keyword options from a TOML file (see docs/caching.md); {} if it is absent.
 
-    Keys: max_size ("10G"), offline (bool), passthrough, upstream_ca, connect_ports (lists),
-    and [[rule]] tables with `url` plus one of `min_ttl = SECONDS`, `immutable = true`,
-    `never = true`."""
+    Keys: max_size ("10G"), offline (bool), passthrough, upstream_ca, connect_ports,
+    allow_destinations (lists), max_connections, idle_timeout, body_timeout (numbers),
+    min_body_rate ("1K"), and [[rule]] tables with `url` plus one of `min_ttl = SECONDS`,
+    `immutable = true`, `never = true`."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -122,13 +156,21 @@ def load_config_file(path: Path) -> dict[str, Any]:
             elif key == "upstream_ca":
                 options["upstream_ca"] = tuple(Path(str(v)).expanduser() for v in value)
             elif key == "connect_ports":
-                options["connect_ports"] = DEFAULT_CONNECT_PORTS | frozenset(int(v) for v in value)
+                options["connect_ports"] = frozenset(int(v) for v in value)
+            elif key == "allow_destinations":
+                options["allow_destinations"] = tuple(parse_destination(str(v)) for v in value)
+            elif key == "max_connections":
+                options["max_connections"] = int(value)
+            elif key in ("idle_timeout", "body_timeout"):
+                options[key] = float(value)
+            elif key == "min_body_rate":
+                options["min_body_rate"] = parse_size(str(value))
             elif key == "rule":
                 options["rules"] = tuple(_rule_from_table(table) for table in value)
             else:
                 raise ConfigError(f"unknown setting {key!r}")
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from exc
     return options
 
 

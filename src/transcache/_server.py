@@ -16,9 +16,12 @@ time, so memory stays flat whatever their size.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
+import os
+import resource
 import socket
 import ssl
 from collections.abc import Callable
@@ -42,6 +45,7 @@ from ._errors import (
     RequestTimeoutError,
 )
 from ._git import MAX_DECODED_BODY, is_ref_discovery_get, is_upload_pack_post
+from ._limits import BodyPace, ConnectionSlots, default_max_connections
 from ._paths import BUNDLE_NAME
 from ._policy import cache_status, request_bypasses_cache
 from ._protocol import (
@@ -85,6 +89,13 @@ LINGER_BYTES = 4 * 1024 * 1024
 # git request bodies are read whole to be keyed; no real fetch negotiation comes near this.
 MAX_GIT_REQUEST_BYTES = MAX_DECODED_BODY
 CONNECTION_ESTABLISHED = h11.Response(status_code=200, headers=[], reason=b"Connection established")
+# The fd count assumed when the limit is "unlimited" (some macOS setups).
+UNLIMITED_FDS = 10240
+# accept() failures that mean "out of descriptors or memory for now", not a broken listener.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+# Pause between accept attempts while descriptors are exhausted (trio's serve_listeners
+# waits as long, but logs a traceback at every attempt).
+ACCEPT_BACKOFF_SECONDS = 0.1
 
 
 @dataclass
@@ -110,6 +121,7 @@ class ProxyServer:
         self.pool = UpstreamPool(config)
         self.cache = Cache(config, store, self.pool) if store is not None else None
         self.stats = ProxyStats()
+        self.slots = ConnectionSlots(config.max_connections or default_max_connections(_fd_limit()))
         # Clients that refused our leaf: reported, never acted on (see _rejections).
         self.leaf_rejections = LeafRejections()
         self.listeners: list[trio.SocketListener] = []
@@ -148,10 +160,61 @@ class ProxyServer:
             async with trio.open_nursery() as nursery:
                 if self.cache is not None:
                     await nursery.start(self.cache.run)
-                await nursery.start(trio.serve_listeners, self.handle, listeners)
+                for listener in listeners:
+                    nursery.start_soon(self._accept, listener, nursery)
                 task_status.started(self)
         finally:
             await self.pool.aclose()
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections until cancelled, each served in its own task in `nursery`.
+
+        Past the connection cap, an idle connection is closed to make room (ConnectionSlots)
+        or, when all are busy, the newcomer is answered 503 at once. When accept() itself fails
+        for want of descriptors, wait a little and retry, saying so once per episode."""
+        starved = 0
+        refusing = False
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    if not starved:
+                        log.warning(
+                            "cannot accept connections: %s (%s) with %d client connections "
+                            "open; retrying every %g s (raise the fd limit or lower "
+                            "--max-connections)",
+                            errno.errorcode[exc.errno],
+                            exc.strerror,
+                            self.slots.count,
+                            ACCEPT_BACKOFF_SECONDS,
+                        )
+                    starved += 1
+                    await trio.sleep(ACCEPT_BACKOFF_SECONDS)
+                    continue
+                if starved:
+                    log.info("accepting connections again after %d failed attempts", starved)
+                    starved = 0
+                if self.slots.admit():
+                    refusing = False
+                    nursery.start_soon(self._serve_connection, stream)
+                    continue
+                if not refusing:
+                    log.warning(
+                        "%d client connections, all busy: answering newcomers 503 "
+                        "(--max-connections)",
+                        self.slots.limit,
+                    )
+                    refusing = True
+                _turn_away(stream, self.slots.limit)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            await self.handle(stream)
+        finally:
+            self.slots.release()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         peer = _peer_name(stream)
@@ -193,9 +256,14 @@ class ProxyServer:
             event = channel.conn.next_event()
             if event is h11.NEED_DATA:
                 with trio.move_on_after(first_byte_timeout) as idle:
-                    await channel.receive_into_buffer()
+                    # Until a request starts, the connection may be closed to make room.
+                    self.slots.idle(idle)
+                    try:
+                        await channel.receive_into_buffer()
+                    finally:
+                        self.slots.busy(idle)
                 if idle.cancelled_caught:
-                    return None  # idle, or never said anything: close quietly
+                    return None  # idle, never said anything, or made room: close quietly
                 event = channel.conn.next_event()
                 with trio.fail_after(self.config.header_timeout):
                     while event is h11.NEED_DATA:
@@ -244,21 +312,29 @@ class ProxyServer:
             self._log_access(exchange, started)
 
     def _body_reader(self, channel: Channel) -> BodyReader:
+        """The request body, one piece per call (b"" at its end); RequestTimeoutError when
+        it stalls or trickles (BodyPace)."""
+        pace = BodyPace(self.config.body_timeout, self.config.min_body_rate)
+
         async def read() -> bytes:
-            try:
-                with trio.fail_after(self.config.idle_timeout):
-                    event = await channel.next_event()
-                    while isinstance(event, h11.Data) and not event.data:
+            while True:
+                started = trio.current_time()
+                event: h11.Event | None = None
+                with trio.move_on_after(pace.next_wait()):
+                    try:
                         event = await channel.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise BadRequestError(f"malformed request body: {exc}") from None
-            except trio.TooSlowError:
-                raise RequestTimeoutError("request body stalled") from None
-            if isinstance(event, h11.Data):
-                return bytes(event.data)
-            if isinstance(event, h11.EndOfMessage):
-                return b""
-            raise BadRequestError("request body ended early")
+                    except h11.RemoteProtocolError as exc:
+                        raise BadRequestError(f"malformed request body: {exc}") from exc
+                if isinstance(event, h11.EndOfMessage):
+                    return b""
+                if event is not None and not isinstance(event, h11.Data):
+                    raise BadRequestError("request body ended early")
+                data = b"" if event is None else bytes(event.data)
+                why = pace.record(trio.current_time() - started, len(data))
+                if why is not None:
+                    raise RequestTimeoutError(why)
+                if data:
+                    return data
 
         return read
 
@@ -338,8 +414,9 @@ class ProxyServer:
         started = trio.current_time()
         try:
             host, port = parse_authority(request.target)
-            if not self.config.connect_allowed(port) and host != ADMIN_HOST:
-                raise ForbiddenError(f"CONNECT to port {port} is not allowed")
+            refusal = self.config.port_refusal("https", host, port)
+            if refusal is not None and host != ADMIN_HOST:
+                raise ForbiddenError(refusal)
             origin = Origin("https", host, port)
             await self._body_reader(channel)()  # CONNECT carries no body
             if host != ADMIN_HOST and self.config.is_passthrough(host):
@@ -516,6 +593,31 @@ def _loopback_peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
     except OSError:
         return None
     return (host, port) if ipaddress.ip_address(host).is_loopback else None
+
+
+def _fd_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else UNLIMITED_FDS
+
+
+def _turn_away(stream: trio.SocketStream, limit: int) -> None:
+    """Answer 503 and close, without a task or a wait: a new socket's send buffer takes the
+    few bytes, and reading what the client already sent keeps the close from becoming a reset
+    that could destroy the answer before the client reads it."""
+    body = (
+        f"transcache: all {limit} client connections are busy (--max-connections); "
+        "try again shortly\n"
+    ).encode()
+    answer = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+    ) % (len(body), body)
+    fd = stream.socket.fileno()
+    with contextlib.suppress(OSError):  # the socket is non-blocking: nothing here waits
+        os.write(fd, answer)
+        stream.socket.shutdown(socket.SHUT_WR)
+        os.read(fd, READ_SIZE)
+    stream.socket.close()
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

@@ -6,15 +6,23 @@ The pool decides state synchronously (take an idle connection, put one back) and
 outside those decisions; a connection goes back only when h11 says both sides finished the
 exchange cleanly. A reused connection that turns out to be dead before any response byte is
 replaced by a fresh one once, when the request has no body to replay.
+
+Every new connection is checked here, in `open_tcp`, whatever asked for it (a request in any
+form, or a passthrough tunnel): the port against the allow-list, then every address the name
+resolves to against the destination rules (`_reach`). The connection goes to those checked
+addresses; nothing is looked up a second time, so a name cannot resolve to a public address
+for the check and to 127.0.0.1 for the connection (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import h11
 import trio
@@ -22,6 +30,7 @@ import trio
 from ._channel import Channel
 from ._config import Config
 from ._errors import (
+    ForbiddenError,
     OfflineMissError,
     ProxyError,
     UpstreamError,
@@ -30,12 +39,19 @@ from ._errors import (
     UpstreamUnreachableError,
 )
 from ._protocol import Headers, Origin
+from ._reach import IPAddress, address_refusal
 
 BodyReader = Callable[[], Awaitable[bytes]]
+# One getaddrinfo result: (family, type, proto, canonname, sockaddr).
+AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
 
 MAX_IDLE_PER_ORIGIN = 32
 # Origins commonly drop idle keep-alive connections after 60 s or more; stay under that.
 POOL_IDLE_SECONDS = 50.0
+# RFC 8305's recommended pause before trying the next address while one is still connecting.
+HAPPY_EYEBALLS_DELAY = 0.25
+# Any port does for the route lookup in `is_own_address`: no packet is sent.
+PROBE_PORT = 9
 
 
 def upstream_ssl_context(extra_cas: tuple[Path, ...]) -> ssl.SSLContext:
@@ -76,6 +92,61 @@ def translate_errors(origin: Origin) -> Iterator[None]:
         # trio reports failures on an open stream as BrokenResourceError, so an OSError
         # here comes from connecting: refused, unroutable, no address.
         raise UpstreamUnreachableError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+
+
+def is_own_address(address: IPAddress) -> bool:
+    """Whether a connection to `address` would stay on this machine. Connecting a UDP socket
+    only looks up the route; for an address of this machine, the kernel picks that same
+    address as the source (RFC 6724 rule 1; Linux does so for every "local" route). Asking
+    the kernel per connection, rather than listing interfaces once, also covers addresses
+    that appear later (a new network, a VPN, a container bridge)."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((str(address), PROBE_PORT))
+            source = probe.getsockname()[0]
+        except OSError:
+            return False  # no route: the connection would fail anyway
+    return ipaddress.ip_address(source.partition("%")[0]) == address
+
+
+async def _connect_first(targets: Sequence[AddressInfo]) -> trio.SocketStream:
+    """A TCP connection to the first of `targets` that answers: the next attempt starts when
+    one fails or after HAPPY_EYEBALLS_DELAY (RFC 8305), as trio.open_tcp_stream does for a
+    name; these addresses were resolved and checked already, so none is looked up again."""
+    winner: trio.socket.SocketType | None = None
+    errors: list[OSError] = []
+
+    async def attempt(target: AddressInfo, failed: trio.Event) -> None:
+        nonlocal winner
+        family, kind, proto, _, sockaddr = target
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            await sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            failed.set()
+            return
+        except BaseException:
+            sock.close()
+            raise
+        if winner is None:
+            winner = sock
+            nursery.cancel_scope.cancel()
+        else:
+            sock.close()
+
+    async with trio.open_nursery() as nursery:
+        for target in targets:
+            failed = trio.Event()
+            nursery.start_soon(attempt, target, failed)
+            with trio.move_on_after(HAPPY_EYEBALLS_DELAY):
+                await failed.wait()
+    if winner is None:
+        # translate_errors names the origin; say what went wrong, once per distinct reason.
+        raise OSError("; ".join(dict.fromkeys(exc.strerror or str(exc) for exc in errors)))
+    return trio.SocketStream(winner)
 
 
 class _Connection:
@@ -138,16 +209,35 @@ class UpstreamPool:
         self._idle: dict[Origin, list[_Connection]] = {}
         self.read_timeout = config.upstream_timeout
 
-    def _address(self, host: str, port: int) -> str:
-        return self._config.resolve.get((host, port), host)
-
     async def open_tcp(self, origin: Origin) -> trio.SocketStream:
-        """A plain TCP connection to the origin (also used for passthrough tunnels). Every
-        upstream connection starts here, so offline mode is enforced here."""
+        """A plain TCP connection to the origin (also used for passthrough tunnels), once its
+        port and every address it resolves to passed the checks; ForbiddenError if not.
+        Every upstream connection starts here, so offline mode is enforced here too."""
         if self._config.offline:
             raise OfflineMissError(f"offline mode: not connecting to {origin.host}:{origin.port}")
+        refusal = self._config.port_refusal(origin.scheme, origin.host, origin.port)
+        if refusal is not None:
+            raise ForbiddenError(refusal)
         with translate_errors(origin), trio.fail_after(self._config.connect_timeout):
-            return await trio.open_tcp_stream(self._address(origin.host, origin.port), origin.port)
+            return await _connect_first(await self._checked_addresses(origin))
+
+    async def _checked_addresses(self, origin: Origin) -> Sequence[AddressInfo]:
+        """Where `origin` may be reached: its --resolve address as given, or every address
+        its name resolves to, each allowed by the destination rules."""
+        override = self._config.resolve.get((origin.host, origin.port))
+        targets = await trio.socket.getaddrinfo(
+            override or origin.host, origin.port, type=socket.SOCK_STREAM
+        )
+        if override is not None:
+            return targets
+        for *_, sockaddr in targets:
+            address = ipaddress.ip_address(sockaddr[0])
+            refusal = address_refusal(
+                origin.host, address, self._config.allow_destinations, is_own_address
+            )
+            if refusal is not None:
+                raise ForbiddenError(refusal)
+        return targets
 
     async def _connect(self, origin: Origin) -> _Connection:
         stream: trio.abc.Stream = await self.open_tcp(origin)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import resource
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -17,9 +18,10 @@ from typing import Any, Self
 import trio
 
 from ._ca import CertificateAuthority
-from ._config import DEFAULT_CONNECT_PORTS, Config, parse_listen, parse_resolve
+from ._config import Config, ConfigError, parse_listen, parse_resolve
 from ._env import PROXY_VARIABLES, client_environment, write_bundle
 from ._paths import BUNDLE_NAME
+from ._reach import is_loopback_host, parse_destination
 from ._server import ProxyServer
 from ._stats import ProxyStats
 from ._store import Store
@@ -34,7 +36,8 @@ def make_config(**options: Any) -> Config:
     """A Config from keyword options named as the `transcache run` flags (snake_case).
 
     `resolve` takes curl-style "HOST:PORT:ADDR" strings or a mapping {(host, port): addr};
-    `listen` takes "HOST:PORT"; paths may be str; `connect_ports` adds to 443."""
+    `listen` takes "HOST:PORT"; paths may be str; `connect_ports` adds to 443 (https) and 80
+    (http); `allow_destinations` takes addresses, CIDR networks or host patterns."""
     known = {f.name for f in fields(Config)}
     host, port = parse_listen(str(options.pop("listen", "127.0.0.1:0")))
     options.setdefault("listen_host", host)
@@ -52,7 +55,14 @@ def make_config(**options: Any) -> Config:
     if "passthrough" in options:
         options["passthrough"] = tuple(_as_tuple(options["passthrough"]))
     if "connect_ports" in options:
-        options["connect_ports"] = DEFAULT_CONNECT_PORTS | frozenset(options["connect_ports"])
+        options["connect_ports"] = frozenset(options["connect_ports"])
+    if "allow_destinations" in options:
+        try:
+            options["allow_destinations"] = tuple(
+                parse_destination(str(spec)) for spec in _as_tuple(options["allow_destinations"])
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unknown proxy options: {', '.join(sorted(unknown))}")
@@ -119,6 +129,46 @@ def _open_store(config: Config) -> Store | None:
         return None
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft descriptor limit to the hard one: the connection cap derives from it.
+    Where the hard limit is "unlimited" (some macOS setups) the kernel refuses that value;
+    the soft limit then stays as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.info("cannot raise the open file limit from %d: %s", soft, exc)
+
+
+def listen_addresses(config: Config, listeners: list[trio.SocketListener] | None) -> list[str]:
+    """The hosts the proxy would listen on: inherited sockets' addresses, else --listen's."""
+    if listeners is None:
+        return [config.listen_host]
+    return [str(listener.socket.getsockname()[0]) for listener in listeners]
+
+
+def check_exposure(config: Config, listeners: list[trio.SocketListener] | None) -> None:
+    """Refuse (ConfigError) to listen beyond loopback without authentication, unless told
+    to, and then warn: anyone who reaches the port could use the proxy."""
+    exposed = [h for h in listen_addresses(config, listeners) if not is_loopback_host(h)]
+    if not exposed:
+        return
+    where = ", ".join(exposed)
+    if not config.allow_unauthenticated:
+        raise ConfigError(
+            f"listening on {where} needs authentication, which transcache does not have yet: "
+            "every host that reaches that address could use the proxy. Listen on 127.0.0.1, "
+            "or pass --allow-unauthenticated (allow_unauthenticated=True) on an isolated "
+            "network"
+        )
+    log.warning(
+        "listening on %s with no authentication (--allow-unauthenticated): every host that "
+        "reaches it can use this proxy, its cache and the interception its CA allows",
+        where,
+    )
+
+
 def proxy_url(server: ProxyServer) -> str:
     host, port = server.address
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -133,11 +183,14 @@ async def open_proxy(
 ) -> AsyncIterator[RunningProxy]:
     """Serve a proxy for the duration of the block (trio). Pass a Config, or options as
     `make_config` takes them; `listeners` (e.g. from socket activation) replace the listening
-    address. Raises OSError (unwrapped) when it cannot listen."""
+    address. Raises OSError (unwrapped) when it cannot listen, and ConfigError when the
+    address is beyond loopback (see `check_exposure`)."""
     if config is None:
         config = make_config(**options)
     elif options:
         raise TypeError("pass either a Config or keyword options, not both")
+    check_exposure(config, listeners)
+    raise_fd_limit()
     ca, bundle = _start_ca(config)
     store = _open_store(config)
     server = ProxyServer(config, ca, store)

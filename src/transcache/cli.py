@@ -24,7 +24,6 @@ import trio
 from . import _archive, _notify, _paths
 from ._ca import CAError, CertificateAuthority
 from ._config import (
-    DEFAULT_CONNECT_PORTS,
     DEFAULT_MAX_SIZE,
     DEFAULT_PORT,
     Config,
@@ -35,7 +34,9 @@ from ._config import (
     parse_resolve,
     parse_size,
 )
+from ._limits import BODY_RATE_WINDOW
 from ._policy import Rule, RuleAction
+from ._reach import Destination, parse_destination
 from ._store import Store
 from .api import RunningProxy, open_proxy
 from .install import doctor, execute, installer
@@ -47,6 +48,7 @@ from .install.runner import CommandError, SubprocessRunner
 from .install.settings import Settings, manifest_path
 
 T = TypeVar("T")
+Number = TypeVar("Number", int, float)
 
 # A shell's answer when the command to run does not exist.
 EXIT_NOT_FOUND = 127
@@ -78,6 +80,29 @@ def _resolve(text: str) -> tuple[tuple[str, int], str]:
         return parse_resolve(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _destination(text: str) -> Destination:
+    try:
+        return parse_destination(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(convert: Callable[[str], Number]) -> Callable[[str], Number]:
+    """An argparse type for a number above 0."""
+
+    def parse(text: str) -> Number:
+        try:
+            value = convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
 
 
 def _existing_file(text: str) -> Path:
@@ -136,14 +161,56 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PORT",
-        help="ports CONNECT may reach besides 443 and the --resolve ports; repeatable",
+        help="ports origins may be reached on besides 443 (CONNECT, https) and 80 (http); "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--allow-destination",
+        type=_destination,
+        action="append",
+        default=[],
+        metavar="CIDR_OR_HOST",
+        help="let the proxy reach these loopback, link-local or own addresses (an address, a "
+        "CIDR network or a host pattern); repeatable",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen beyond loopback although transcache has no authentication yet (isolated "
+        "networks only)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        metavar="N",
+        help="client connections served at once (default: from the open file limit)",
     )
     parser.add_argument(
         "--header-timeout",
-        type=float,
+        type=_positive(float),
         default=Config.header_timeout,
         metavar="SECONDS",
         help="time a client has to send a request head (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        metavar="SECONDS",
+        help=f"time a connection may wait between requests (default: {Config.idle_timeout:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="longest pause in a request body before it is cut with 408 "
+        f"(default: {Config.body_timeout:g})",
+    )
+    parser.add_argument(
+        "--min-body-rate",
+        type=_cli_value(parse_size),
+        metavar="BYTES",
+        help=f"slowest request body accepted, per second over {BODY_RATE_WINDOW:g} s, e.g. 1K; "
+        f"0 for none (default: {Config.min_body_rate // 1024}K)",
     )
     parser.add_argument(
         "--upstream-timeout",
@@ -257,15 +324,35 @@ def _add_cache_options(run: argparse.ArgumentParser) -> None:
     )
 
 
-def _cache_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Config options from the config file, overridden by flags given on the command line."""
+# Settings a flag replaces when given (argparse default None), by Config field name.
+FLAG_OVERRIDES = (
+    "offline",
+    "max_size",
+    "max_connections",
+    "idle_timeout",
+    "body_timeout",
+    "min_body_rate",
+)
+
+
+def _file_and_flag_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Config options from the config file, overridden by flags given on the command line;
+    for lists, the flags' items come first and the file's follow."""
     options = load_config_file(args.config)
     file_rules = options.pop("rules", ())
     options["rules"] = (*args.min_ttl, *args.immutable, *args.never_cache, *file_rules)
-    if args.offline is not None:
-        options["offline"] = args.offline
-    if args.max_size is not None:
-        options["max_size"] = args.max_size
+    for name in FLAG_OVERRIDES:
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    options["upstream_ca"] = (*args.upstream_ca, *options.get("upstream_ca", ()))
+    options["passthrough"] = (*args.passthrough, *options.get("passthrough", ()))
+    options["connect_ports"] = frozenset(args.connect_port) | options.get(
+        "connect_ports", frozenset()
+    )
+    options["allow_destinations"] = (
+        *args.allow_destination,
+        *options.get("allow_destinations", ()),
+    )
     return options
 
 
@@ -387,17 +474,15 @@ def _print_stats(store: Store, as_json: bool) -> None:
 def _config_from(args: argparse.Namespace) -> Config:
     host, port = args.listen
     return Config(
-        **_cache_options(args),
+        **_file_and_flag_options(args),
         listen_host=host,
         listen_port=port,
         ca_dir=args.ca_dir.absolute(),
         cache_dir=args.cache_dir.absolute(),
-        upstream_ca=tuple(args.upstream_ca),
         resolve=dict(args.resolve),
-        passthrough=tuple(args.passthrough),
-        connect_ports=DEFAULT_CONNECT_PORTS | frozenset(args.connect_port),
         header_timeout=args.header_timeout,
         upstream_timeout=args.upstream_timeout,
+        allow_unauthenticated=args.allow_unauthenticated,
     )
 
 
