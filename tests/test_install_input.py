@@ -60,6 +60,7 @@ def home(tmp_path: Path) -> Home:
         (("--listen", "proxy host:8797"), "--listen"),
         (("--listen", "a/b@c:8797"), "--listen"),
         (("--no-proxy", "a.example b.example"), "--no-proxy"),
+        (("--listen", "0.0.0.0:8797"), "--listen"),
     ],
     ids=[
         "newline-cache-dir",
@@ -73,6 +74,7 @@ def home(tmp_path: Path) -> Home:
         "space-in-listen-host",
         "url-characters-in-listen-host",
         "space-in-no-proxy",
+        "beyond-loopback",
     ],
 )
 @pytest.mark.parametrize("dry_run", [False, True], ids=["install", "dry-run"])
@@ -243,7 +245,8 @@ def test_launchd_plist_holds_the_exact_arguments(
     [
         (Input("--ca-dir", "/srv/\ufffe"), "non-character"),
         (Input("--listen", "fe80::1%eth0", Kind.LISTEN_HOST), "IPv6 zone"),
-        (Input("--listen", "proxy.example.", Kind.LISTEN_HOST), None),
+        (Input("--listen", "proxy.example.", Kind.LISTEN_HOST), "authentication"),
+        (Input("--listen", "localhost", Kind.LISTEN_HOST), None),
         (Input("--listen", "::1", Kind.LISTEN_HOST), None),
         (Input("--no-proxy", ".corp.example", Kind.NO_PROXY_HOST), None),
         (Input("--no-proxy", "a,b", Kind.NO_PROXY_HOST), "comma"),

@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .._reach import is_loopback_host
 from .plan import InstallError
 
 # Characters systemd refuses in an executable's path, even quoted.
@@ -71,10 +72,19 @@ def _listen_host_problem(host: str) -> str | None:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return None if DNS_NAME.fullmatch(host) else "neither an IP address nor a DNS name"
+        if not DNS_NAME.fullmatch(host):
+            return "neither an IP address nor a DNS name"
+        return _beyond_loopback(host)
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
         return "an IPv6 zone, which URLs cannot carry"
-    return None
+    return _beyond_loopback(host)
+
+
+def _beyond_loopback(host: str) -> str | None:
+    # The service would refuse to start there (see docs/security.md): say so now.
+    if is_loopback_host(host):
+        return None
+    return "listening beyond loopback needs authentication, which the service does not have"
 
 
 def problem(item: Input) -> str | None:
