@@ -31,7 +31,6 @@ import h11
 import trio
 
 from ._ca import CAError, CertificateAuthority, InvalidHostError
-from ._cache import Annotated, Cache, Outcome, ResponseSource
 from ._channel import READ_SIZE, Channel, PrefixedStream, splice
 from ._config import Config
 from ._errors import (
@@ -40,27 +39,23 @@ from ._errors import (
     HeadersTooLargeError,
     MethodNotAllowedError,
     OfflineMissError,
-    PayloadTooLargeError,
     ProxyError,
     RequestTimeoutError,
 )
-from ._git import MAX_DECODED_BODY, is_ref_discovery_get, is_upload_pack_post
 from ._limits import BodyPace, ConnectionSlots, default_max_connections
 from ._paths import BUNDLE_NAME
-from ._policy import cache_status, request_bypasses_cache
 from ._protocol import (
-    Headers,
     Origin,
     header_value,
     parse_authority,
     parse_target,
-    request_headers_for_upstream,
     response_headers_for_client,
 )
 from ._rejections import LeafRejections, fix_for, peer_program
 from ._stats import ProxyStats, tag_from
 from ._store import Store
 from ._upstream import BodyReader, UpstreamPool
+from .cache import Cache, CacheRequest, Outcome
 from .install import doctor_pages
 
 log = logging.getLogger("transcache")
@@ -86,8 +81,6 @@ AdminPage = Callable[["ProxyServer"], tuple[int, bytes, bytes]]
 # answer before the client reads it.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
-# git request bodies are read whole to be keyed; no real fetch negotiation comes near this.
-MAX_GIT_REQUEST_BYTES = MAX_DECODED_BODY
 CONNECTION_ESTABLISHED = h11.Response(status_code=200, headers=[], reason=b"Connection established")
 # The fd count assumed when the limit is "unlimited" (some macOS setups).
 UNLIMITED_FDS = 10240
@@ -119,7 +112,7 @@ class ProxyServer:
         self.config = config
         self.ca = ca
         self.pool = UpstreamPool(config)
-        self.cache = Cache(config, store, self.pool) if store is not None else None
+        self.cache = Cache(config, store, self.pool)
         self.stats = ProxyStats()
         self.slots = ConnectionSlots(config.max_connections or default_max_connections(_fd_limit()))
         # Clients that refused our leaf: reported, never acted on (see _rejections).
@@ -158,8 +151,7 @@ class ProxyServer:
         self.listeners = listeners
         try:
             async with trio.open_nursery() as nursery:
-                if self.cache is not None:
-                    await nursery.start(self.cache.run)
+                await nursery.start(self.cache.run)
                 for listener in listeners:
                     nursery.start_soon(self._accept, listener, nursery)
                 task_status.started(self)
@@ -356,28 +348,13 @@ class ProxyServer:
             await read_body()  # h11's EndOfMessage, already buffered
         if channel.conn.they_are_waiting_for_100_continue:
             await channel.send(h11.InformationalResponse(status_code=100, headers=[]))
-        response: ResponseSource
-        git = self.cache is not None and _is_git_request(request.method, path, raw)
-        if self.cache is not None and (
-            git or (body is None and not request_bypasses_cache(request.method, raw))
-        ):
-            # git requests are keyed on their body, so it is read whole first.
-            whole = await _read_whole(read_body) if git and body is not None else None
-            outcome = Outcome()
-            try:
-                response = await self.cache.respond(
-                    request.method, origin, path, raw, outcome, git=git, body=whole
-                )
-            finally:
-                exchange.cache = outcome.label
-        elif self.config.offline:
-            raise OfflineMissError(f"offline: {exchange.url} cannot be answered from the cache")
-        else:
-            headers = request_headers_for_upstream(raw, origin)
-            response = await self.pool.request(origin, request.method, path.encode(), headers, body)
-            if self.cache is not None:
-                why = "method" if request.method not in (b"GET", b"HEAD") else "request"
-                response = Annotated(response, [(b"Cache-Status", cache_status(why))])
+        cache_request = CacheRequest(request.method, origin, path, raw, body)
+        try:
+            response, outcome = await self.cache.respond(cache_request)
+        except OfflineMissError:
+            exchange.cache = Outcome.OFFLINE_MISS.value
+            raise
+        exchange.cache = outcome.value
         try:
             exchange.status = response.status
             channel.queue(
@@ -630,20 +607,6 @@ def _peer_name(stream: trio.abc.Stream) -> str:
     return f"{host}:{port}"
 
 
-async def _read_whole(read: BodyReader) -> bytes:
-    """A request body read into memory (git requests: small, and keyed on their bytes)."""
-    parts = []
-    size = 0
-    while chunk := await read():
-        size += len(chunk)
-        if size > MAX_GIT_REQUEST_BYTES:
-            raise PayloadTooLargeError(
-                f"git request body larger than {MAX_GIT_REQUEST_BYTES} bytes"
-            )
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 def _ack_now(stream: trio.abc.Stream) -> None:
     """Acknowledge the client's last handshake segment now rather than after the delayed-ACK
     timer: a client without TCP_NODELAY holds its first request behind that ACK (Nagle), which
@@ -652,12 +615,3 @@ def _ack_now(stream: trio.abc.Stream) -> None:
     if quickack is not None and isinstance(stream, trio.SocketStream):
         with contextlib.suppress(OSError):
             stream.setsockopt(socket.IPPROTO_TCP, quickack, 1)
-
-
-def _is_git_request(method: bytes, path: str, headers: Headers) -> bool:
-    """git smart HTTP: ref discovery, or an upload-pack POST (keyed on its body)."""
-    verb = method.decode("ascii", "replace")
-    content_type = header_value(headers, b"content-type")
-    return is_ref_discovery_get(verb, path) or is_upload_pack_post(
-        verb, path, content_type.decode("latin-1") if content_type else None
-    )

@@ -1,0 +1,303 @@
+"""The caching layer between the server and the upstream pool: lookup, decide, do.
+
+The server hands every request to `Cache.respond` and streams what comes back; it makes no
+caching decision. Here a request is classified and keyed (git requests are read whole to be
+keyed on their body), its stored entry looked up, `decide.decide` says what to do, and this
+module does it: answer from disk, revalidate, join or start a download (`flight`), forward,
+or refuse. This is the one owner of the upstream request headers, of `Cache-Status`, and of
+offline misses.
+
+A lookup that races with the store (a body evicted or found corrupt between lookup and
+reading, a download being published as we look) simply looks again, a bounded number of
+times.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from .. import _policy as policy
+from .._config import Config
+from .._errors import (
+    OfflineMissError,
+    ProxyError,
+    RevalidationRequiredError,
+    UpstreamError,
+)
+from .._protocol import Headers
+from .._protocol import request_headers_for_upstream as upstream_fields
+from .._store import SMALL_BODY_BYTES, Entry, Store, now
+from .._upstream import UpstreamPool
+from .decide import (
+    Action,
+    Decision,
+    Mode,
+    Outcome,
+    RequestKind,
+    cache_status,
+    decide,
+    failure_of,
+    stored_head,
+    uncached_reason,
+)
+from .downloads import Downloads, Joined, stored_headers
+from .flight import State
+from .keys import CacheRequest, Keyed, classify, replay
+from .sources import EntryGoneError, PassThrough, ResponseSource, StoredResponse
+
+log = logging.getLogger("transcache.cache")
+
+COUNTER_FLUSH_SECONDS = 5.0
+# A lookup that finds its body gone or its download being published looks again; a third
+# try covers a publish racing with a removal.
+LOOKUP_ATTEMPTS = 3
+
+
+Answer = tuple[ResponseSource, Outcome]
+
+
+class Cache:
+    def __init__(self, config: Config, store: Store | None, pool: UpstreamPool) -> None:
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.rules = (*config.rules, *policy.DEFAULT_RULES)
+        if config.offline:
+            self.mode = Mode.OFFLINE
+        else:
+            self.mode = Mode.ONLINE if store is not None else Mode.PASS_THROUGH
+        self._downloads = Downloads(store) if store is not None else None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def downloads(self) -> Downloads:
+        assert self._downloads is not None, "only a cache with a store downloads"
+        return self._downloads
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background downloads and flush counters until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._downloads is not None:
+                    self._downloads.nursery = nursery
+                task_status.started()
+                while True:
+                    await trio.sleep(COUNTER_FLUSH_SECONDS)
+                    if self.store is not None:
+                        self.store.flush_counters()
+        finally:
+            self._nursery = None
+            if self._downloads is not None:
+                self._downloads.nursery = None
+            if self.store is not None:
+                self.store.close()
+
+    async def respond(self, request: CacheRequest) -> Answer:
+        """What the client gets, and what happened. Raises ProxyError for the answers the
+        server turns into an error status (offline misses, upstream failures)."""
+        keyed = await classify(request, self.mode, self.rules)
+        for _ in range(LOOKUP_ATTEMPTS):
+            try:
+                answer = await self._respond_once(keyed)
+                if answer is not None:
+                    return await self._intact(answer)
+            except EntryGoneError as gone:
+                # Evicted between lookup and open, or corrupt: removed, so now a miss.
+                if self.store is not None:
+                    self.store.remove(gone.key)
+        raise ProxyError(f"{request.url}: the cache entry kept changing; try again")
+
+    def _lookup(self, keyed: Keyed) -> Entry | None:
+        if self.store is None or uncached_reason(keyed.view) is not None:
+            return None
+        entry = self._lookup_key(keyed.key, keyed.request.headers)
+        if entry is None and keyed.view.kind is RequestKind.HTTP:
+            # A public response to a credentialed request is stored without the partition.
+            public_key = policy.primary_key(keyed.request.url, "")
+            if public_key != keyed.key:
+                public = self._lookup_key(public_key, keyed.request.headers)
+                if public is not None and "public" in policy.parse_cache_control(public.headers):
+                    return public
+        return entry
+
+    def _lookup_key(self, key: str, client_headers: Headers) -> Entry | None:
+        assert self.store is not None
+        index = self.store.read_meta(key)
+        if index is None:
+            return None
+        fields = tuple(index.get("vary", ()))
+        return self.store.get(key + "\n" + policy.variant_key(fields, client_headers))
+
+    # -- decide, then do -----------------------------------------------------------------------
+
+    async def _respond_once(self, keyed: Keyed) -> Answer | None:
+        entry = self._lookup(keyed)
+        decision = decide(keyed.view, entry, keyed.rule, now(), self.mode)
+        action = decision.action
+        if action is Action.HIT:
+            assert entry is not None
+            return self._hit(keyed, entry, decision), decision.outcome
+        if action is Action.REVALIDATE:
+            assert entry is not None
+            return await self._revalidate(keyed, entry, decision)
+        if action is Action.MISS:
+            return await self._miss(keyed, entry)
+        if action is Action.FORWARD:
+            return await self._forward(keyed, decision)
+        self._count("offline_misses")
+        cacheable = uncached_reason(keyed.view) is None
+        where = "is not in the cache" if cacheable else "cannot be answered from the cache"
+        raise OfflineMissError(f"offline mode: {keyed.request.url} {where}")
+
+    def _hit(self, keyed: Keyed, entry: Entry, decision: Decision) -> StoredResponse:
+        assert self.store is not None
+        self.store.count("hits")
+        if entry.kind == "git":
+            self.store.count("git_hits")
+            self.store.count("git_bytes_from_cache", entry.size)
+        self.store.touch(entry)
+        status = cache_status(decision.outcome)
+        head = stored_head(entry, keyed.request.headers, keyed.head_only, decision.age, status)
+        return StoredResponse(head, entry, self.store)
+
+    def _stale_or_refuse(self, keyed: Keyed, entry: Entry | None, error: UpstreamError) -> Answer:
+        """The origin failed while it was needed: a stale answer where allowed, else the
+        error, or a 504 naming what forbids a stale answer."""
+        decision = decide(keyed.view, entry, keyed.rule, now(), self.mode, failure_of(error))
+        if decision.action is Action.STALE:
+            assert entry is not None
+            log.warning("%s: serving stale copy: %s", keyed.request.url, error)
+            return self._hit(keyed, entry, decision), decision.outcome
+        if decision.why is None:
+            raise error
+        raise RevalidationRequiredError(
+            f"{keyed.request.url}: the origin cannot be reached ({error}), and the stored "
+            f"copy may not be served without it ({decision.why})"
+        ) from error
+
+    async def _revalidate(self, keyed: Keyed, entry: Entry, decision: Decision) -> Answer:
+        assert self.store is not None
+        request = keyed.request
+        headers = self._upstream_headers(request, policy.conditional_headers(entry.headers))
+        request_time = now()
+        try:
+            response = await self.pool.request(
+                request.origin, b"GET", request.path.encode(), headers, None
+            )
+        except UpstreamError as error:
+            return self._stale_or_refuse(keyed, entry, error)
+        self.store.count("revalidations")
+        if response.status != 304:  # changed (or an error): a new response
+            return await self.downloads.store_or_stream(keyed, response, request_time, None)
+        while await response.read():  # no body; reading its end returns the connection
+            pass
+        entry.headers = policy.merge_not_modified(entry.headers, stored_headers(response))
+        entry.request_time, entry.response_time = request_time, now()
+        try:
+            self.store.update_headers(entry)
+        except OSError as exc:
+            log.warning("cannot refresh cached head for %s: %s", entry.url, exc)
+        revalidated = Decision(Action.HIT, Outcome.REVALIDATED)
+        return self._hit(keyed, entry, revalidated), Outcome.REVALIDATED
+
+    async def _miss(self, keyed: Keyed, entry: Entry | None) -> Answer | None:
+        """Join the download of this key already under way, or start one; None when that
+        download was just published (look again: a hit)."""
+        request = keyed.request
+        joined = await self.downloads.join(keyed)
+        if joined is Joined.AGAIN:
+            return None
+        if joined is not Joined.NOTHING:
+            self._count("misses")
+            return joined
+        pending = self.downloads.register(keyed.key)
+        request_time = now()
+        headers = self._upstream_headers(request, [])
+        try:
+            try:
+                response = await self.pool.request(
+                    request.origin,
+                    request.method,
+                    request.path.encode(),
+                    headers,
+                    replay(keyed.whole_body),
+                )
+            except UpstreamError as error:
+                if keyed.view.kind is not RequestKind.GIT_REFS:
+                    raise
+                self.downloads.abandon(pending)
+                return self._stale_or_refuse(keyed, entry, error)
+            return await self.downloads.store_or_stream(keyed, response, request_time, pending)
+        except BaseException:
+            if pending is not None and pending.state is State.PENDING:
+                self.downloads.abandon(pending)
+            raise
+
+    async def _forward(self, keyed: Keyed, decision: Decision) -> Answer:
+        """Pass the request through as asked (a full download may start behind it)."""
+        request = keyed.request
+        if decision.prefetch and not self.downloads.busy(keyed.key) and self._nursery is not None:
+            self._nursery.start_soon(self._prefetch, keyed)
+        if decision.outcome in (Outcome.MISS, Outcome.BYPASS):
+            self._count("misses")
+        body = request.body if keyed.whole_body is None else replay(keyed.whole_body)
+        response = await self.pool.request(
+            request.origin,
+            request.method,
+            request.path.encode(),
+            upstream_fields(request.headers, request.origin),
+            body,
+        )
+        extra: Headers = []
+        if self.mode is not Mode.PASS_THROUGH:
+            status = cache_status(decision.outcome, response.status, uncached=decision.why)
+            extra = [(b"Cache-Status", status)]
+        return PassThrough(response, extra), decision.outcome
+
+    async def _prefetch(self, keyed: Keyed) -> None:
+        """Fetch the whole resource into the cache with no client waiting on it."""
+        try:
+            answer = await self._miss(keyed, None)
+            if answer is not None:
+                await answer[0].aclose()
+        except ProxyError as error:
+            log.info("%s: background fetch failed: %s", keyed.request.url, error)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _upstream_headers(self, request: CacheRequest, conditional: Headers) -> Headers:
+        """What a request the cache makes upstream carries: the client's headers without its
+        own validators and Range (the full response is fetched, and the client's conditions
+        answered from it), plus `conditional` (a revalidation's validators)."""
+        headers = policy.without_conditionals(request.headers) + list(conditional)
+        return upstream_fields(headers, request.origin)
+
+    async def _intact(self, answer: Answer) -> Answer:
+        """`answer`, unless it comes from a stored body that is not what its digest says:
+        then that body is gone and the request looks again (EntryGoneError). Hashing a
+        large body the first time runs in a worker thread, off the event loop."""
+        source = answer[0]
+        if not isinstance(source, StoredResponse) or self.store is None:
+            return answer
+        entry = source.entry
+        if not self.store.needs_hashing(entry):
+            return answer
+        try:
+            if entry.size <= SMALL_BODY_BYTES:
+                intact = self.store.verified(entry)
+            else:
+                intact = await trio.to_thread.run_sync(self.store.verified, entry)
+        except BaseException:
+            await source.aclose()
+            raise
+        if not intact:
+            await source.aclose()
+            raise EntryGoneError(entry.key)
+        return answer
+
+    def _count(self, name: str) -> None:
+        if self.store is not None:
+            self.store.count(name)

@@ -1,0 +1,205 @@
+"""The downloads of one cache: at most one flight per key, joined by every request for that
+key while it runs, stored while it streams.
+
+Owned by the trio thread: the flights map, each flight's state and the eviction flag change
+only there; the worker threads this module starts (publishing a body, evicting) return
+values and touch nothing here.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+import trio
+
+from .. import _policy as policy
+from .._protocol import Headers, drop_connection_fields, header_value
+from .._store import BodyWriter, Store, now
+from .._upstream import UpstreamResponse
+from .decide import Outcome, cache_status
+from .flight import Flight, FlightReader, State
+from .keys import Keyed
+from .sources import PassThrough, ResponseSource
+
+log = logging.getLogger("transcache.cache")
+
+Answer = tuple[ResponseSource, Outcome]
+
+
+class Joined(enum.Enum):
+    NOTHING = enum.auto()  # no download of this key to join: start one
+    AGAIN = enum.auto()  # it was just published: look the key up again (a hit)
+
+
+class Downloads:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.nursery: trio.Nursery | None = None  # set while the cache runs
+        self._flights: dict[str, Flight] = {}
+        self._evicting = False
+
+    def busy(self, key: str) -> bool:
+        return key in self._flights
+
+    def register(self, key: str) -> Flight | None:
+        """Claim `key` before its request goes out, so later askers wait for this one's
+        head; None when a flight for it exists already."""
+        if key in self._flights:
+            return None
+        flight = self._flights[key] = Flight(key)
+        return flight
+
+    async def join(self, keyed: Keyed) -> Answer | Joined:
+        """Read along with the download of this key under way, if it stores this variant."""
+        request = keyed.request
+        flight = self._flights.get(keyed.key)
+        if flight is None:
+            return Joined.NOTHING
+        if not flight.head_ready.is_set():
+            log.info("%s: waiting for the download already under way", request.url)
+            await flight.head_ready.wait()
+        if flight.state is State.COMPLETE:
+            await flight.done.wait()  # milliseconds: the fsync and renames
+            return Joined.AGAIN
+        if flight.joinable and flight.variant == policy.variant_key(
+            _vary(flight.headers), request.headers
+        ):
+            try:
+                return self._reader(flight, request.headers, Outcome.COLLAPSED), Outcome.COLLAPSED
+            except FileNotFoundError:
+                pass  # published a moment ago; fetch it ourselves
+        return Joined.NOTHING
+
+    def abandon(self, flight: Flight | None) -> None:
+        """A registered flight that will not store: its waiters go upstream themselves."""
+        if flight is None or flight.state is not State.PENDING:
+            return
+        flight.move(State.ABANDONED)
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+
+    async def store_or_stream(
+        self,
+        keyed: Keyed,
+        response: UpstreamResponse,
+        request_time: float,
+        pending: Flight | None,
+    ) -> Answer:
+        """Store the response while streaming it (through `pending`, the flight registered
+        for it, or a new one), or pass it through when it may not or cannot be stored."""
+        assert self.store is not None
+        request = keyed.request
+        self.store.count("misses")
+        if keyed.store_kind == "git":
+            self.store.count("git_misses")
+        stored = stored_headers(response)
+        key = keyed.key
+        if keyed.store_kind == "http" and not policy.credential_partition(request.headers, stored):
+            key = policy.primary_key(request.url, "")  # public: shareable
+        flight = pending if pending is not None and pending.key == key else None
+        if pending is not None and flight is None:
+            self.abandon(pending)  # stored under another key (a public response)
+        reason = policy.not_storable_reason(response.status, request.headers, stored, keyed.rule)
+        if reason is None and flight is None and key in self._flights:
+            reason = "in-flight"  # someone else is storing this key right now
+        writer = None
+        if reason is None and self.nursery is not None:
+            try:
+                writer = self.store.begin()
+            except OSError as exc:
+                log.warning("cannot store %s: %s", request.url, exc)
+                reason = "storage"
+        if writer is None or self.nursery is None:
+            self.abandon(flight)
+            status = cache_status(Outcome.MISS, response.status, detail=reason)
+            source = PassThrough(response, [(b"Cache-Status", status)], head_only=keyed.head_only)
+            return source, Outcome.MISS
+        vary = _vary(stored)
+        if flight is None:
+            flight = self._flights[key] = Flight(key)
+        flight.variant = policy.variant_key(vary, request.headers)
+        flight.status, flight.reason, flight.headers = (
+            response.status,
+            response.reason,
+            stored,
+        )
+        flight.content_length = header_value(response.headers, b"content-length")
+        flight.path = str(writer.path)
+        flight.move(State.STORING)
+        fields = {
+            "key": key + "\n" + flight.variant,
+            "url": request.url,
+            "status": flight.status,
+            "reason": flight.reason,
+            "headers": flight.headers,
+            "request_time": request_time,
+            "kind": keyed.store_kind,
+        }
+        self.nursery.start_soon(self._download, flight, response, writer, fields, vary)
+        reader = self._reader(flight, request.headers, Outcome.MISS, head_only=keyed.head_only)
+        return reader, Outcome.MISS
+
+    def _reader(
+        self, flight: Flight, client_headers: Headers, outcome: Outcome, *, head_only: bool = False
+    ) -> FlightReader:
+        status = cache_status(outcome, flight.status, stored=True)
+        headers = [(k, v) for k, v in flight.headers if k.lower() != b"age"]
+        if flight.content_length is not None:
+            headers.append((b"Content-Length", flight.content_length))
+        headers += [(b"Age", b"0"), (b"Cache-Status", status)]
+        return FlightReader(flight, headers, head_only)
+
+    async def _download(
+        self,
+        flight: Flight,
+        response: UpstreamResponse,
+        writer: BodyWriter,
+        fields: dict[str, object],
+        vary: tuple[str, ...],
+    ) -> None:
+        store = self.store
+        assert store is not None
+
+        async def publish(complete: BodyWriter) -> None:
+            await trio.to_thread.run_sync(complete.commit, {**fields, "response_time": now()})
+            store.write_meta(flight.key, {"key": flight.key, "vary": list(vary)})
+            store.count("stored")
+
+        try:
+            received = await flight.run(response, writer, publish)
+        finally:
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+        store.count("bytes_from_upstream", received)
+        if flight.state is State.PUBLISHED:
+            await self._maybe_evict()
+
+    async def _maybe_evict(self) -> None:
+        assert self.store is not None
+        if self._evicting or not self.store.over_limit():
+            return
+        self._evicting = True
+        try:
+            freed = await trio.to_thread.run_sync(self.store.evict)
+            log.info("evicted %d bytes to stay under %d", freed, self.store.max_size)
+        except OSError as exc:
+            log.warning("eviction failed: %s", exc)
+        finally:
+            self._evicting = False
+
+
+def stored_headers(response: UpstreamResponse) -> Headers:
+    """End-to-end headers worth keeping, with a Date (pip treats a Date-less entry as stale)."""
+    headers = [
+        (k, v)
+        for k, v in drop_connection_fields(response.headers)
+        if k.lower() not in (b"content-length", b"via")
+    ]
+    if header_value(headers, b"date") is None:
+        headers.append((b"Date", policy.format_http_date(now())))
+    return headers
+
+
+def _vary(headers: Headers) -> tuple[str, ...]:
+    return policy.vary_fields(headers) or ()
