@@ -29,7 +29,6 @@ from .._errors import (
 from .._protocol import Headers
 from .._protocol import request_headers_for_upstream as upstream_fields
 from .._store import SMALL_BODY_BYTES, Entry, Store, now
-from .._upstream import UpstreamPool
 from .decide import (
     Action,
     Decision,
@@ -45,7 +44,7 @@ from .decide import (
 from .downloads import Downloads, Joined, stored_headers
 from .flight import State
 from .keys import CacheRequest, Keyed, classify, replay
-from .sources import EntryGoneError, PassThrough, ResponseSource, StoredResponse
+from .sources import EntryGoneError, PassThrough, ResponseSource, StoredResponse, Upstream
 
 log = logging.getLogger("transcache.cache")
 
@@ -59,7 +58,7 @@ Answer = tuple[ResponseSource, Outcome]
 
 
 class Cache:
-    def __init__(self, config: Config, store: Store | None, pool: UpstreamPool) -> None:
+    def __init__(self, config: Config, store: Store | None, pool: Upstream) -> None:
         self.config = config
         self.store = store
         self.pool = pool

@@ -16,11 +16,10 @@ import trio
 from .. import _policy as policy
 from .._protocol import Headers, drop_connection_fields, header_value
 from .._store import BodyWriter, Store, now
-from .._upstream import UpstreamResponse
 from .decide import Outcome, cache_status
 from .flight import Flight, FlightReader, State
 from .keys import Keyed
-from .sources import PassThrough, ResponseSource
+from .sources import PassThrough, ResponseSource, UpstreamAnswer
 
 log = logging.getLogger("transcache.cache")
 
@@ -41,6 +40,11 @@ class Downloads:
 
     def busy(self, key: str) -> bool:
         return key in self._flights
+
+    async def wait_idle(self) -> None:
+        """Until every download under way has ended: stored, or given up."""
+        while self._flights:
+            await next(iter(self._flights.values())).done.wait()
 
     def register(self, key: str) -> Flight | None:
         """Claim `key` before its request goes out, so later askers wait for this one's
@@ -82,7 +86,7 @@ class Downloads:
     async def store_or_stream(
         self,
         keyed: Keyed,
-        response: UpstreamResponse,
+        response: UpstreamAnswer,
         request_time: float,
         pending: Flight | None,
     ) -> Answer:
@@ -153,7 +157,7 @@ class Downloads:
     async def _download(
         self,
         flight: Flight,
-        response: UpstreamResponse,
+        response: UpstreamAnswer,
         writer: BodyWriter,
         fields: dict[str, object],
         vary: tuple[str, ...],
@@ -189,7 +193,7 @@ class Downloads:
             self._evicting = False
 
 
-def stored_headers(response: UpstreamResponse) -> Headers:
+def stored_headers(response: UpstreamAnswer) -> Headers:
     """End-to-end headers worth keeping, with a Date (pip treats a Date-less entry as stale)."""
     headers = [
         (k, v)

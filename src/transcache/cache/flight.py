@@ -34,7 +34,7 @@ from .._channel import READ_SIZE
 from .._errors import ProxyError, UpstreamError
 from .._protocol import Headers
 from .._store import BodyWriter
-from .._upstream import UpstreamResponse
+from .sources import UpstreamAnswer
 
 log = logging.getLogger("transcache.cache")
 
@@ -117,7 +117,7 @@ class Flight:
     async def wait(self) -> None:
         await self._changed.wait()
 
-    async def run(self, response: UpstreamResponse, writer: BodyWriter, publish: Publish) -> int:
+    async def run(self, response: UpstreamAnswer, writer: BodyWriter, publish: Publish) -> int:
         """Stream the body into `writer` (STORING), then publish it; returns the bytes that
         came from upstream. Errors from upstream end the flight FAILED, never raise."""
         live: BodyWriter | None = writer

@@ -11,10 +11,36 @@ from typing import Protocol
 
 from .._channel import READ_SIZE
 from .._errors import UpstreamError
-from .._protocol import Headers
+from .._protocol import Headers, Origin
 from .._store import Entry, Store
-from .._upstream import UpstreamResponse
+from .._upstream import BodyReader
 from .decide import StoredHead
+
+
+class UpstreamAnswer(Protocol):
+    """A response head from an origin, and its body piece by piece (the upstream pool's
+    UpstreamResponse; in-process tests give their own)."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+
+    async def read(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """Where the cache sends requests: the upstream pool (in-process tests: a fake origin)."""
+
+    async def request(
+        self,
+        origin: Origin,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodyReader | None,
+    ) -> UpstreamAnswer: ...
 
 
 class ResponseSource(Protocol):
@@ -93,7 +119,7 @@ class PassThrough:
     closed rather than pooled."""
 
     def __init__(
-        self, response: UpstreamResponse, extra: Headers, *, head_only: bool = False
+        self, response: UpstreamAnswer, extra: Headers, *, head_only: bool = False
     ) -> None:
         self._response = response
         self._head_only = head_only

@@ -1,0 +1,212 @@
+"""The cache in-process, against a scripted origin behind the `Upstream` protocol and a real
+store in a temp dir, on trio's virtual clock: single flight, revalidation, upstream faults
+and stale answers, without sockets or subprocesses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+
+from transcache._config import Config
+from transcache._errors import UpstreamError, UpstreamUnreachableError
+from transcache._protocol import Headers, Origin, header_value
+from transcache._store import Store
+from transcache._upstream import BodyReader
+from transcache.cache import Cache, CacheRequest, Outcome, ResponseSource
+
+ORIGIN = Origin("https", "files.test", 443)
+MiB = 1024 * 1024
+
+
+@dataclass
+class Scripted:
+    """One answer of the fake origin: its head, its body in pieces, and where it pauses."""
+
+    status: int = 200
+    headers: Headers = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=lambda: [b"body"])
+    release_head: trio.Event | None = None  # the head waits for this
+    fail_after: int | None = None  # break off after this many chunks
+
+
+class FakeAnswer:
+    def __init__(self, script: Scripted) -> None:
+        self.status = script.status
+        self.reason = b"OK"
+        self.headers = list(script.headers)
+        self._script = script
+        self._sent = 0
+        self.closed = False
+
+    async def read(self) -> bytes:
+        script = self._script
+        if script.fail_after is not None and self._sent == script.fail_after:
+            raise UpstreamError("files.test:443 broke off")
+        if self._sent == len(script.chunks):
+            return b""
+        await trio.sleep(0.01)  # a network's pace, on the virtual clock
+        self._sent += 1
+        return script.chunks[self._sent - 1]
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeOrigin:
+    """Answers requests from a script, one Scripted per request in order (the last one
+    repeats); records what it was asked."""
+
+    def __init__(self, *answers: Scripted | BaseException) -> None:
+        self.answers = list(answers)
+        self.requests: list[tuple[bytes, bytes, Headers]] = []
+
+    async def request(
+        self,
+        origin: Origin,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodyReader | None,
+    ) -> FakeAnswer:
+        self.requests.append((method, target, headers))
+        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer.release_head is not None:
+            await answer.release_head.wait()
+        return FakeAnswer(answer)
+
+
+@pytest.fixture
+async def open_cache(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[trio.Nursery, Path]]:
+    async with trio.open_nursery() as nursery:
+        yield nursery, tmp_path
+        nursery.cancel_scope.cancel()
+
+
+async def start(nursery: trio.Nursery, tmp: Path, origin: FakeOrigin) -> Cache:
+    config = Config(cache_dir=tmp / "cache", ca_dir=tmp / "ca")
+    cache = Cache(config, Store(config.cache_dir, config.max_size), origin)
+    await nursery.start(cache.run)
+    return cache
+
+
+async def fetch(cache: Cache, path: str = "/page.html", *lines: bytes) -> tuple[bytes, Outcome]:
+    headers: Headers = [tuple(line.split(b": ", 1)) for line in lines]  # type: ignore[misc]
+    source, outcome = await cache.respond(CacheRequest(b"GET", ORIGIN, path, headers))
+    return await read_all(source), outcome
+
+
+async def read_all(source: ResponseSource) -> bytes:
+    parts = []
+    try:
+        while chunk := await source.read():
+            parts.append(chunk)
+    finally:
+        await source.aclose()
+    return b"".join(parts)
+
+
+async def test_requests_arriving_together_share_one_upstream_fetch(
+    open_cache: tuple[trio.Nursery, Path], autojump_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    held = trio.Event()
+    body = [bytes([n]) * 64 * 1024 for n in range(16)]
+    fresh = [(b"Cache-Control", b"max-age=600")]
+    origin = FakeOrigin(Scripted(headers=fresh, chunks=body, release_head=held))
+    cache = await start(nursery, tmp, origin)
+    results: list[tuple[bytes, Outcome]] = []
+
+    async def one() -> None:
+        results.append(await fetch(cache))
+
+    async with trio.open_nursery() as clients:
+        for _ in range(8):
+            clients.start_soon(one)
+        await trio.sleep(1)  # all eight are waiting for the one head
+        held.set()
+    assert len(origin.requests) == 1
+    assert [data for data, _ in results] == [b"".join(body)] * 8
+    outcomes = sorted(outcome.value for _, outcome in results)
+    assert outcomes == ["collapsed"] * 7 + ["miss"]
+    await cache.downloads.wait_idle()  # published
+    assert (await fetch(cache))[1] is Outcome.HIT
+
+
+async def test_a_stale_entry_is_revalidated_and_a_304_answers_from_disk(
+    open_cache: tuple[trio.Nursery, Path], autojump_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    stored = [(b"Cache-Control", b"max-age=0"), (b"ETag", b'"v1"')]
+    origin = FakeOrigin(Scripted(headers=stored), Scripted(status=304, headers=[], chunks=[]))
+    cache = await start(nursery, tmp, origin)
+    assert await fetch(cache) == (b"body", Outcome.MISS)
+    await cache.downloads.wait_idle()  # published
+    assert await fetch(cache) == (b"body", Outcome.REVALIDATED)
+    method, _, headers = origin.requests[1]
+    assert method == b"GET"
+    assert header_value(headers, b"if-none-match") == b'"v1"'
+
+
+async def test_an_upstream_fault_mid_body_cuts_every_reader_and_stores_nothing(
+    open_cache: tuple[trio.Nursery, Path], autojump_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    broken = Scripted(chunks=[b"a" * 1000] * 4, fail_after=2)
+    origin = FakeOrigin(broken, Scripted())
+    cache = await start(nursery, tmp, origin)
+    with pytest.raises(UpstreamError, match="broke off"):
+        await fetch(cache)
+    await cache.downloads.wait_idle()
+    assert await fetch(cache) == (b"body", Outcome.MISS)  # nothing was stored: asked again
+    assert len(origin.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "served"), [(b"max-age=0", True), (b"max-age=0, must-revalidate", False)]
+)
+async def test_an_unreachable_origin_gets_a_stale_copy_only_where_allowed(
+    open_cache: tuple[trio.Nursery, Path],
+    autojump_clock: trio.testing.MockClock,
+    cache_control: bytes,
+    served: bool,
+) -> None:
+    nursery, tmp = open_cache
+    origin = FakeOrigin(
+        Scripted(headers=[(b"Cache-Control", cache_control)]),
+        UpstreamUnreachableError("cannot connect to files.test:443"),
+    )
+    cache = await start(nursery, tmp, origin)
+    await fetch(cache)
+    await cache.downloads.wait_idle()
+    if served:
+        assert await fetch(cache) == (b"body", Outcome.STALE)
+    else:
+        with pytest.raises(Exception, match="must-revalidate") as refused:
+            await fetch(cache)
+        assert getattr(refused.value, "status", None) == 504
+
+
+async def test_offline_answers_from_disk_and_never_asks_the_origin(
+    open_cache: tuple[trio.Nursery, Path], autojump_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    origin = FakeOrigin(Scripted(headers=[(b"Cache-Control", b"max-age=0")]))
+    online = await start(nursery, tmp, origin)
+    await fetch(online)
+    await online.downloads.wait_idle()
+    config = Config(cache_dir=tmp / "cache", ca_dir=tmp / "ca", offline=True)
+    offline = Cache(config, Store(config.cache_dir, config.max_size), origin)
+    await nursery.start(offline.run)
+    assert await fetch(offline) == (b"body", Outcome.OFFLINE)
+    with pytest.raises(Exception, match="offline mode") as missed:
+        await fetch(offline, "/other.html")
+    assert getattr(missed.value, "status", None) == 504
+    assert len(origin.requests) == 1
