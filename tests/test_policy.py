@@ -14,6 +14,7 @@ import pytest
 from transcache._policy import (
     DEFAULT_RULES,
     YEAR,
+    Fwd,
     Rule,
     RuleAction,
     Unsatisfiable,
@@ -24,8 +25,6 @@ from transcache._policy import (
     current_age,
     format_http_date,
     freshness_lifetime,
-    has_validators,
-    is_immutable,
     merge_not_modified,
     not_modified_for_client,
     not_modified_headers,
@@ -325,7 +324,6 @@ def test_freshness_lifetime_without_rules(lines: tuple[str, ...], lifetime: floa
 )
 def test_immutable_responses_are_fresh_forever(lines: tuple[str, ...]) -> None:
     headers = fields(DATE, *lines)
-    assert is_immutable(headers, None)
     assert freshness_lifetime(headers, None) == float("inf")
 
 
@@ -341,13 +339,11 @@ def test_immutable_responses_are_fresh_forever(lines: tuple[str, ...]) -> None:
 )
 def test_responses_that_ask_for_revalidation_are_not_immutable(lines: tuple[str, ...]) -> None:
     headers = fields(DATE, *lines)
-    assert not is_immutable(headers, None)
     assert freshness_lifetime(headers, None) < float("inf")
 
 
 def test_s_maxage_zero_overrides_a_year_long_max_age() -> None:
     headers = fields(DATE, "Cache-Control: s-maxage=0, max-age=31536000")
-    assert not is_immutable(headers, None)
     assert freshness_lifetime(headers, None) == 0.0
 
 
@@ -505,7 +501,6 @@ def test_revalidation_sends_the_stored_validators(
     stored: tuple[str, ...], expected: tuple[str, ...]
 ) -> None:
     assert conditional_headers(fields(*stored)) == fields(*expected)
-    assert has_validators(fields(*stored)) is bool(expected)
 
 
 def test_the_clients_own_validators_and_range_are_not_sent_upstream() -> None:
@@ -700,29 +695,27 @@ def test_a_range_with_a_non_numeric_start_is_ignored(range_value: str) -> None:
 @pytest.mark.parametrize(
     ("member", "expected"),
     [
-        (cache_status("hit"), b"transcache; hit"),
-        (cache_status("hit", ttl=59.7), b"transcache; hit; ttl=59"),
-        (cache_status("hit", ttl=float("inf")), b"transcache; hit"),
-        (cache_status("hit", detail="offline"), b"transcache; hit; detail=offline"),
+        (cache_status(None), b"transcache; hit"),
+        (cache_status(None, detail="offline"), b"transcache; hit; detail=offline"),
         (
-            cache_status("miss", fwd_status=200, stored=True),
+            cache_status(Fwd.MISS, fwd_status=200, stored=True),
             b"transcache; fwd=miss; fwd-status=200; stored",
         ),
         (
-            cache_status("miss", fwd_status=200, stored=True, collapsed=True),
+            cache_status(Fwd.MISS, fwd_status=200, stored=True, collapsed=True),
             b"transcache; fwd=miss; fwd-status=200; stored; collapsed",
         ),
-        (cache_status("stale", fwd_status=304), b"transcache; fwd=stale; fwd-status=304"),
+        (cache_status(Fwd.STALE, fwd_status=304), b"transcache; fwd=stale; fwd-status=304"),
         (
-            cache_status("stale", detail="upstream-unreachable"),
+            cache_status(Fwd.STALE, detail="upstream-unreachable"),
             b'transcache; fwd=stale; detail="upstream-unreachable"',
         ),
         (
-            cache_status("miss", fwd_status=404, detail="set-cookie"),
+            cache_status(Fwd.MISS, fwd_status=404, detail="set-cookie"),
             b'transcache; fwd=miss; fwd-status=404; detail="set-cookie"',
         ),
-        (cache_status("bypass", detail=None), b"transcache; fwd=bypass"),
-        (cache_status("uri-miss"), b"transcache; fwd=uri-miss"),
+        (cache_status(Fwd.BYPASS, detail=None), b"transcache; fwd=bypass"),
+        (cache_status(Fwd.METHOD), b"transcache; fwd=method"),
     ],
 )
 def test_cache_status_names_transcache_and_what_happened(member: bytes, expected: bytes) -> None:

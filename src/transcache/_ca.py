@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ._errors import TranscacheError
+
 CA_CERT_NAME = "ca.pem"
 CA_KEY_NAME = "ca-key.pem"
 LEAF_KEY_NAME = "leaf-key.pem"
@@ -66,7 +68,7 @@ SERIAL_HEX_IN_NAME = 8
 _DNS_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
-class CAError(Exception):
+class CAError(TranscacheError):
     """The CA's files cannot be read or written, or a host cannot be given a certificate."""
 
 

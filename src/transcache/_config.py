@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _paths
+from ._errors import TranscacheError
 from ._policy import Rule, RuleAction
 from ._protocol import DEFAULT_PORTS
 from ._reach import Destination, parse_destination
@@ -107,7 +108,7 @@ def parse_resolve(spec: str) -> tuple[tuple[str, int], str]:
     return (host.lower(), int(port_text)), addr.strip("[]")
 
 
-class ConfigError(ValueError):
+class ConfigError(TranscacheError, ValueError):
     """A configuration file or value that cannot be used; the message says where and why."""
 
 

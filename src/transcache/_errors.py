@@ -4,7 +4,12 @@ a response in one place (`ProxyError.status`) with a plain-text reason (`str(err
 from __future__ import annotations
 
 
-class ProxyError(Exception):
+class TranscacheError(Exception):
+    """The root of transcache's own errors. Library code raises only these (or lets a
+    programming error through as one); the CLI turns them into a message and an exit status."""
+
+
+class ProxyError(TranscacheError):
     """A failure that becomes an HTTP error response to the client."""
 
     status: int = 500

@@ -54,6 +54,8 @@ import zlib
 from collections.abc import Callable
 from urllib.parse import parse_qs, parse_qsl
 
+from ._errors import TranscacheError
+
 GIT_UPLOAD_PACK_CONTENT_TYPE = "application/x-git-upload-pack-request"
 UPLOAD_PACK_SERVICE = "git-upload-pack"
 
@@ -81,7 +83,7 @@ _OID_SEGMENT = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})(?:\.[A-Za-z0-9]+)*")
 _REVISION_PARAMS = frozenset({"ref", "rev", "sha", "commit", "at"})
 
 
-class GitBodyError(ValueError):
+class GitBodyError(TranscacheError, ValueError):
     """A request body that cannot be decoded for keying (bad gzip, unknown coding, too big).
     The request is still forwarded as it came; it is only not cached."""
 

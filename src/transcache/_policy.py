@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import enum
 import fnmatch
 import hashlib
 import re
@@ -205,10 +206,6 @@ def primary_key(url: str, partition: str) -> str:
 # -- freshness ------------------------------------------------------------------------------
 
 
-def is_immutable(response_headers: Headers, rule: Rule | None) -> bool:
-    return _immutable(parse_cache_control(response_headers), rule)
-
-
 def _immutable(cc: dict[str, str | None], rule: Rule | None) -> bool:
     if rule is not None and rule.action is RuleAction.IMMUTABLE:
         return True
@@ -310,13 +307,6 @@ def merge_not_modified(stored_headers: Headers, fresh_headers: Headers) -> Heade
     return kept + [(k, v) for k, v in fresh_headers if k.lower() in updates]
 
 
-def has_validators(headers: Headers) -> bool:
-    return (
-        header_value(headers, b"etag") is not None
-        or header_value(headers, b"last-modified") is not None
-    )
-
-
 # -- answering the client's own conditions --------------------------------------------------
 
 
@@ -402,22 +392,28 @@ def _if_range_matches(if_range: bytes, stored_headers: Headers) -> bool:
 # -- telling the client what happened (RFC 9211) --------------------------------------------
 
 
+class Fwd(enum.Enum):
+    """Why a response was forwarded (RFC 9211 `fwd`), as far as transcache says."""
+
+    MISS = "miss"
+    STALE = "stale"  # a stored copy was out of date (revalidated, or served stale)
+    BYPASS = "bypass"  # a request the cache does not key (a git push, say)
+    METHOD = "method"  # the request method is not cacheable
+    REQUEST = "request"  # the request itself asked not to use the cache (or has a body)
+
+
 def cache_status(
-    outcome: str,
+    fwd: Fwd | None,
     *,
     fwd_status: int | None = None,
-    ttl: float | None = None,
     stored: bool = False,
     collapsed: bool = False,
     detail: str | None = None,
 ) -> bytes:
-    """A Cache-Status member for transcache. `outcome` is "hit" or a fwd reason
-    ("miss", "stale", "uri-miss", "bypass", "method", "request", "partial")."""
-    parts = ["transcache", "hit" if outcome == "hit" else f"fwd={outcome}"]
+    """A Cache-Status member for transcache: a hit (`fwd` None) or why it was forwarded."""
+    parts = ["transcache", "hit" if fwd is None else f"fwd={fwd.value}"]
     if fwd_status is not None:
         parts.append(f"fwd-status={fwd_status}")
-    if ttl is not None and ttl != float("inf"):
-        parts.append(f"ttl={int(ttl)}")
     if stored:
         parts.append("stored")
     if collapsed:

@@ -210,20 +210,21 @@ def cache_status(
 ) -> bytes:
     """The Cache-Status value (RFC 9211) for what happened; `uncached` is why a request
     was not cacheable (its method, or the request itself)."""
+    Fwd = policy.Fwd
     if uncached in (UNCACHED_METHOD, UNCACHED_REQUEST):
-        return policy.cache_status(uncached)
+        return policy.cache_status(Fwd(uncached))
     if outcome is Outcome.BYPASS:
-        return policy.cache_status("bypass", fwd_status=fwd_status)
+        return policy.cache_status(Fwd.BYPASS, fwd_status=fwd_status)
     if outcome is Outcome.HIT:
-        return policy.cache_status("hit")
+        return policy.cache_status(None)
     if outcome is Outcome.OFFLINE:
-        return policy.cache_status("hit", detail="offline")
+        return policy.cache_status(None, detail="offline")
     if outcome is Outcome.STALE:
-        return policy.cache_status("stale", detail="upstream-unreachable")
+        return policy.cache_status(Fwd.STALE, detail="upstream-unreachable")
     if outcome is Outcome.REVALIDATED:
-        return policy.cache_status("stale", fwd_status=304)
+        return policy.cache_status(Fwd.STALE, fwd_status=304)
     return policy.cache_status(
-        "miss",
+        Fwd.MISS,
         fwd_status=fwd_status,
         stored=stored,
         collapsed=outcome is Outcome.COLLAPSED,

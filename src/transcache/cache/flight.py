@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .._channel import READ_SIZE
-from .._errors import ProxyError, UpstreamError
+from .._errors import ProxyError, TranscacheError, UpstreamError
 from .._protocol import Headers
 from .._store import BodyWriter
 from .sources import UpstreamAnswer
@@ -71,7 +71,7 @@ BODY_ENDED = frozenset({State.COMPLETE, State.PUBLISHED, State.DELIVERED})
 Publish = Callable[[BodyWriter], Awaitable[None]]
 
 
-class FlightError(Exception):
+class FlightError(TranscacheError):
     """A transition the state machine does not have: a bug, never a client's doing."""
 
 

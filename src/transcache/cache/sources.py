@@ -10,7 +10,7 @@ import os
 from typing import Protocol
 
 from .._channel import READ_SIZE
-from .._errors import UpstreamError
+from .._errors import TranscacheError, UpstreamError
 from .._protocol import Headers, Origin
 from .._store import Entry, Store
 from .._upstream import BodyReader
@@ -53,7 +53,7 @@ class ResponseSource(Protocol):
     async def aclose(self) -> None: ...
 
 
-class EntryGoneError(Exception):
+class EntryGoneError(TranscacheError):
     """A stored body vanished (evicted, deleted) between lookup and reading, or is not what
     its digest says (and was removed): the request is looked up again."""
 
