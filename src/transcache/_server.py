@@ -86,6 +86,9 @@ AdminPage = Callable[["ProxyServer"], tuple[int, bytes, bytes]]
 # answer before the client reads it.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
+# A client in these states has sent all it will (MUST_CLOSE: a whole request with
+# `Connection: close`, or HTTP/1.0): there is no unread input to linger for.
+CLIENT_DONE_SENDING = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 # git request bodies are read whole to be keyed; no real fetch negotiation comes near this.
 MAX_GIT_REQUEST_BYTES = MAX_DECODED_BODY
 CONNECTION_ESTABLISHED = h11.Response(status_code=200, headers=[], reason=b"Connection established")
@@ -545,7 +548,7 @@ class ProxyServer:
                 TEXT_PLAIN,
                 error.reason.encode(),
             )
-            if channel.conn.their_state is not h11.DONE:
+            if channel.conn.their_state not in CLIENT_DONE_SENDING:
                 await _linger(channel.stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass
