@@ -10,22 +10,39 @@ out a 30 s limit takes milliseconds, and `trio.current_time()` says how long the
 
 A request goes out as raw bytes (so a test can send anything, malformed included); the answer
 is parsed by an h11 client, one `response()` per request, keep-alive and pipelining included.
-`FakeSource` is a scripted response source: what the cache or the upstream pool would hand the
-server to stream.
+
+To test the connection loop alone, `connection_loop(router, config)` builds one as the server
+does, with a `Router` of the test's choosing: `EchoRouter` reads each request's body through
+the loop's paced reader and answers with a `FakeSource` (a scripted response source: what the
+cache or the upstream pool would hand the loop to stream). `proxy_server(tmp_path, ...)`
+builds a whole ProxyServer (routing, admin pages, tunnels) for `connected(server.handle)`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import h11
 import trio
 import trio.testing
 
-from transcache._errors import ProxyError
-from transcache._protocol import Headers
+from transcache._access import AccessLog, Exchange
+from transcache._ca import CertificateAuthority
+from transcache._cache import ResponseSource
+from transcache._config import Config
+from transcache._connection import Client as ClientConnection
+from transcache._connection import ConnectionLoop, Router
+from transcache._errors import MethodNotAllowedError, ProxyError
+from transcache._limits import ConnectionSlots
+from transcache._protocol import Headers, Origin
+from transcache._server import ProxyServer
+from transcache._stats import ProxyStats
+from transcache._store import Store
 
 # What serves the proxy's end of one client connection until it is done.
 Serve = Callable[[trio.abc.Stream], Awaitable[object]]
@@ -105,6 +122,7 @@ async def connected(serve: Serve) -> AsyncIterator[Client]:
         try:
             await serve(proxy_end)
         finally:
+            await trio.aclose_forcefully(proxy_end)  # as the server's connection task does
             client.served.set()
 
     async with trio.open_nursery() as nursery:
@@ -145,3 +163,62 @@ class FakeSource:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as a router saw it, its body read whole."""
+
+    method: bytes
+    origin: Origin | None
+    path: str
+    body: bytes
+
+
+def echo(seen: Seen) -> ResponseSource:
+    return FakeSource(chunks=[b"%s %s %d\n" % (seen.method, seen.path.encode(), len(seen.body))])
+
+
+@dataclass
+class EchoRouter:
+    """A Router that reads each request's body (through the loop's paced reader), records it
+    in `seen`, and streams `answer(seen)`: by default "<METHOD> <path> <body length>\n".
+    CONNECT is answered 405."""
+
+    answer: Callable[[Seen], ResponseSource] = echo
+    seen: list[Seen] = field(default_factory=list)
+
+    async def respond(
+        self,
+        client: ClientConnection,
+        request: h11.Request,
+        origin: Origin | None,
+        path: str,
+        exchange: Exchange,
+    ) -> None:
+        read = client.body_reader()
+        body = bytearray()
+        while chunk := await read():
+            body += chunk
+        seen = Seen(request.method, origin, path, bytes(body))
+        self.seen.append(seen)
+        await client.stream(exchange, self.answer(seen))
+
+    async def connect(self, client: ClientConnection, request: h11.Request) -> None:
+        await client.reject(Exchange(client.peer, "CONNECT"), MethodNotAllowedError("no tunnels"))
+
+
+def connection_loop(router: Router, config: Config | None = None) -> Serve:
+    """What serves one connection with `router` answering its requests (the loop as the server
+    builds it), ready for `connected`."""
+    config = config or Config()
+    loop = ConnectionLoop(config, ConnectionSlots(limit=16), AccessLog(ProxyStats()), router)
+    return functools.partial(loop.serve, peer="127.0.0.1:1")
+
+
+def proxy_server(tmp_path: Path, *, cache: bool = False, **options: Any) -> ProxyServer:
+    """A whole ProxyServer, its CA (and with `cache`, its store) under `tmp_path`; `options`
+    are Config fields."""
+    config = Config(ca_dir=tmp_path / "ca", cache_dir=tmp_path / "cache", **options)
+    store = Store(config.cache_dir, config.max_size) if cache else None
+    return ProxyServer(config, CertificateAuthority.load_or_create(config.ca_dir), store)
