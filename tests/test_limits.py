@@ -16,13 +16,11 @@ import pytest
 import trio
 import trio.testing
 
-from transcache._ca import CertificateAuthority
 from transcache._config import Config, ConfigError, load_config_file
 from transcache._limits import BodyPace, ConnectionSlots, default_max_connections
-from transcache._server import ProxyServer
-from transcache._store import Store
 
 from .conftest import resolve_names
+from .inprocess import connected, proxy_server
 from .origin import Origin
 from .proxyproc import ProxyProcess
 from .test_bad_input import exchange, read_all, status_of
@@ -167,17 +165,6 @@ def test_stalled_request_body_is_cut_with_408(proxies: list[ProxyProcess], tmp_p
     assert len(origin.errors) == 1 and "early" in origin.errors[0], origin.errors
 
 
-def test_idle_timeout_closes_a_quiet_keep_alive_connection(
-    proxies: list[ProxyProcess], tmp_path: Path
-) -> None:
-    proxy = start(proxies, tmp_path, args=("--idle-timeout", "0.5"))
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=PROMPT) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        response = read_all(sock)  # returns once the proxy closes the idle connection
-    assert status_of(response) == 200
-    assert response.endswith(b"ok\n")
-
-
 # --- in process, on the virtual clock ----------------------------------------------------------
 
 GIT_UPLOAD = (
@@ -186,43 +173,26 @@ GIT_UPLOAD = (
 )
 
 
-def is_complete(response: bytes | bytearray) -> bool:
-    """Whether `response` holds a whole response head and its Content-Length body."""
-    head, sep, body = bytes(response).partition(b"\r\n\r\n")
-    length = re.search(rb"\r\nContent-Length: (\d+)", head)
-    return bool(sep and length and len(body) >= int(length[1]))
-
-
-async def test_body_trickled_under_the_minimum_rate_is_cut(
+async def test_git_request_body_trickled_under_the_minimum_rate_is_cut(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     # git request bodies are read whole before anything goes upstream: no origin needed.
-    config = Config(ca_dir=tmp_path / "ca", cache_dir=tmp_path / "cache")
-    server = ProxyServer(
-        config,
-        CertificateAuthority.load_or_create(config.ca_dir),
-        Store(config.cache_dir, config.max_size),
-    )
-    client, proxy_side = trio.testing.memory_stream_pair()
-    started = trio.current_time()
+    server = proxy_server(tmp_path, cache=True)
 
     async def trickle() -> None:
-        await client.send_all(GIT_UPLOAD)
+        await client.send(GIT_UPLOAD)
         for _ in range(100):  # one byte every 6 s: progress, but far under 1 KiB/s
-            await client.send_all(b"0")
+            await client.send(b"0")
             await trio.sleep(6)
 
-    response = bytearray()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.handle, proxy_side)
+    async with connected(server.handle) as client, trio.open_nursery() as nursery:
         nursery.start_soon(trickle)
-        while not is_complete(response):
-            response += await client.receive_some()
+        reply = await client.response()
         nursery.cancel_scope.cancel()
     # Cut after the first 30 s window, long before the trickle would end.
-    assert trio.current_time() - started < 60
-    assert status_of(bytes(response)) == 408, response
-    assert b"--min-body-rate" in response
+    assert trio.current_time() < 60
+    assert reply.status == 408, reply
+    assert "--min-body-rate" in reply.text
 
 
 # --- the rules, without sockets or clocks ------------------------------------------------------

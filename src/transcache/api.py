@@ -25,6 +25,7 @@ from ._reach import is_loopback_host, parse_destination
 from ._server import ProxyServer
 from ._stats import ProxyStats
 from ._store import Store
+from .install import doctor_pages
 
 # A tag goes into the proxy URL's user name as is: URL-unreserved characters only.
 TAG_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
@@ -194,6 +195,9 @@ async def open_proxy(
     ca, bundle = _start_ca(config)
     store = _open_store(config)
     server = ProxyServer(config, ca, store)
+    # Every proxy a user starts answers `transcache doctor`'s fetches: the pages belong to
+    # install, and are registered here, where the proxy is assembled, not in the core.
+    server.admin.register(doctor_pages.pages())
     if listeners is None:
         listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     async with trio.open_nursery() as nursery:

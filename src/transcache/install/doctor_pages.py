@@ -13,8 +13,7 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 PREFIX = "/doctor"
 DOCTOR_URL = "https://transcache.invalid" + PREFIX
@@ -26,7 +25,8 @@ HTML = b"text/html; charset=utf-8"
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 
-Page = Callable[[Any], tuple[int, bytes, bytes]]
+# A page for the proxy's admin registry: () -> (status, content type, body).
+Page = Callable[[], tuple[int, bytes, bytes]]
 
 
 @functools.cache
@@ -52,7 +52,7 @@ def doctor_wheel() -> bytes:
     return buffer.getvalue()
 
 
-def _simple_page(server: Any) -> tuple[int, bytes, bytes]:
+def _simple_page() -> tuple[int, bytes, bytes]:
     digest = hashlib.sha256(doctor_wheel()).hexdigest()
     href = f"{PREFIX}/files/{WHEEL_NAME}#sha256={digest}"
     body = f'<!DOCTYPE html><html><body><a href="{href}">{WHEEL_NAME}</a></body></html>\n'
@@ -61,30 +61,26 @@ def _simple_page(server: Any) -> tuple[int, bytes, bytes]:
 
 def _json(data: object) -> Page:
     body = json.dumps(data).encode()
-    return lambda server: (200, JSON, body)
+    return lambda: (200, JSON, body)
 
 
 def pages() -> dict[str, Page]:
     return {
         f"{PREFIX}/simple/{PROJECT}/": _simple_page,
-        f"{PREFIX}/files/{WHEEL_NAME}": lambda server: (
+        f"{PREFIX}/files/{WHEEL_NAME}": lambda: (
             200,
             b"application/octet-stream",
             doctor_wheel(),
         ),
-        f"{PREFIX}/git/doctor.git/info/refs": lambda server: (
+        f"{PREFIX}/git/doctor.git/info/refs": lambda: (
             200,
             TEXT,
             f"{GIT_REF_ID}\trefs/heads/main\n".encode(),
         ),
-        f"{PREFIX}/git/doctor.git/HEAD": lambda server: (200, TEXT, b"ref: refs/heads/main\n"),
+        f"{PREFIX}/git/doctor.git/HEAD": lambda: (200, TEXT, b"ref: refs/heads/main\n"),
         f"{PREFIX}/cargo/config.json": _json(
             {"dl": f"{DOCTOR_URL}/cargo/dl", "api": f"{DOCTOR_URL}/cargo"}
         ),
         f"{PREFIX}/cargo/api/v1/crates": _json({"crates": [], "meta": {"total": 0}}),
         f"{PREFIX}/npm/-/ping": _json({}),
     }
-
-
-def register(admin_pages: MutableMapping[str, Page]) -> None:
-    admin_pages.update(pages())
