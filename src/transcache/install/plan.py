@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .blocks import insert_block
-from .errors import InstallError
+from .errors import InstallError as InstallError  # the CLI takes it from here
 from .files import decode, encode, read, sha256
 from .manifest import (
     BlockEntry,
@@ -36,33 +36,9 @@ from .manifest import (
     EntryKey,
     EntryKind,
     FileEntry,
-    Manifest,
 )
+from .manifest import Manifest as Manifest  # the CLI takes it from here
 from .runner import Argv
-
-# InstallError and Manifest are part of what the CLI takes from here.
-__all__ = [
-    "Change",
-    "CreateDir",
-    "Disk",
-    "Edit",
-    "EditBlock",
-    "InstallError",
-    "MakeDir",
-    "Manifest",
-    "Record",
-    "Run",
-    "RunCommands",
-    "Step",
-    "Undo",
-    "Write",
-    "WriteFile",
-    "describe",
-    "diff",
-    "missing_dirs",
-    "needs_root",
-    "render",
-]
 
 DEFAULT_FILE_MODE = 0o644
 
