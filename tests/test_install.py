@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transcache._env import client_environment
+from transcache.install.apply import apply, undo
 from transcache.install.blocks import BEGIN_MARKER, END_MARKER, render_block
 from transcache.install.environment import npmrc_warnings
-from transcache.install.plan import EditBlock, Manifest, apply, undo
+from transcache.install.manifest import Manifest
+from transcache.install.plan import EditBlock
 from transcache.install.runner import RecordingRunner
 
 from .installhome import Home, make_home, snapshot

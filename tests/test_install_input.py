@@ -16,8 +16,8 @@ import pytest
 
 from transcache.install import installer, launchd, systemd
 from transcache.install.environment import env_sh_path, environment_d_path, fish_path
+from transcache.install.errors import InstallError
 from transcache.install.inputs import Input, Kind, problem
-from transcache.install.plan import InstallError
 from transcache.install.runner import RecordingRunner
 from transcache.install.settings import Settings
 from transcache.install.trust_linux import LinuxStore

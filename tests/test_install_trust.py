@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from transcache.install.apply import undo
 from transcache.install.installer import build_plan, install, prepare_ca
-from transcache.install.plan import Manifest, needs_root, undo
+from transcache.install.manifest import Manifest
+from transcache.install.plan import needs_root
 from transcache.install.runner import RecordingRunner, SubprocessRunner
 from transcache.install.settings import Settings, manifest_path
 from transcache.install.trust import TrustedCA

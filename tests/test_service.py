@@ -18,8 +18,9 @@ import pytest
 
 from transcache import _notify
 from transcache.install import launchd, systemd
+from transcache.install.apply import undo
 from transcache.install.installer import build_plan, install, prepare_ca
-from transcache.install.plan import Manifest, undo
+from transcache.install.manifest import Manifest
 from transcache.install.runner import RecordingRunner, SubprocessRunner
 from transcache.install.settings import Settings, manifest_path
 

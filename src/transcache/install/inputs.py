@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .._reach import is_loopback_host
-from .plan import InstallError
+from .errors import InstallError
 
 # Characters systemd refuses in an executable's path, even quoted.
 EXECUTABLE_UNSAFE = "\"'\\"

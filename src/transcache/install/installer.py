@@ -1,5 +1,5 @@
 """`transcache install` and `uninstall`: the plan for this machine, assembled from the
-environment, service and trust-store modules, then applied or undone (plan.py).
+environment, service and trust-store modules, then applied or undone (plan.py, apply.py).
 
 What the machine offers is detected once into a `Machine` (data, not scattered checks), so a
 test can describe a machine it is not running on: macOS, a running user manager, a sandboxed
@@ -7,7 +7,7 @@ system trust store.
 
 An install leaves everything or nothing. `prepare` checks every input the plan writes into a
 file (inputs.py) before anything is written, then creates the CA and builds the plan; `install`
-applies it. When either fails, what they did is undone: the plan's changes (plan.py), the
+applies it. When either fails, what they did is undone: the plan's changes (apply.py), the
 manifest, a CA created by this install and the directories it created. A CA that existed
 before stays. The directories an install creates are recorded in the manifest, so uninstall
 removes them again once they are empty.
@@ -27,18 +27,11 @@ from .. import _paths
 from .._ca import CertificateAuthority
 from .._env import write_bundle
 from . import environment, launchd, systemd, trust_darwin, trust_java, trust_linux, trust_nss
+from .apply import Outcome, apply, remove_empty_dirs, undo
+from .errors import InstallError
 from .inputs import Input, Kind, check
-from .plan import (
-    InstallError,
-    Manifest,
-    Outcome,
-    Step,
-    apply,
-    dir_entry,
-    missing_dirs,
-    remove_empty_dirs,
-    undo,
-)
+from .manifest import DirEntry, Manifest
+from .plan import Step, missing_dirs
 from .runner import Runner
 from .settings import Settings, manifest_path
 from .trust import TrustedCA, sudo
@@ -233,9 +226,7 @@ def install(settings: Settings, plan: Plan, runner: Runner) -> Outcome:
         raise
     previous_settings = manifest.settings
     manifest.settings = settings.to_json()
-    added = [
-        dir_entry(d) for d in plan.created_dirs if manifest.find("dir", "path", str(d)) is None
-    ]
+    added = [DirEntry(d) for d in plan.created_dirs if DirEntry(d) not in manifest.entries]
     manifest.entries += added
     try:
         return apply(plan.steps, manifest, runner, path)
@@ -276,6 +267,6 @@ def uninstall(runner: Runner, *, purge: bool) -> Outcome:
                 shutil.rmtree(directory)
                 outcome.changed.append(f"removed {directory}")
     # Again now that the manifest (and with --purge the CA) is gone from them.
-    created = [Path(e["path"]) for e in manifest.entries if e["kind"] == "dir"]
+    created = [e.path for e in manifest.entries if isinstance(e, DirEntry)]
     outcome.changed.extend(f"removed {d}" for d in remove_empty_dirs(created))
     return outcome

@@ -1,4 +1,4 @@
-"""Plans, the manifest, and applying and undoing them.
+"""Plans, and the one comparison that both `--dry-run` and `apply` consume.
 
 An install is a list of steps, built by the service, environment and trust-store modules
 without touching anything:
@@ -9,68 +9,52 @@ without touching anything:
 - `RunCommands`: commands that change state elsewhere (enable a unit, trust the CA), with
   the commands that undo them, and the files whose change makes them run again.
 
-`apply` first undoes what the manifest holds but the plan no longer wants (an option dropped
-since the last install), then compares each step with the machine and the manifest and does
-only what differs: a file whose bytes are already right is not written, and commands run
-when they are not in the manifest yet or a file they depend on was just written. So a
-second install changes nothing. Everything done is recorded in the manifest (JSON), in the
-order it was done: files with their sha256, blocks with what they replaced, commands with
-their undo commands, directories we created. `undo` walks the manifest backwards. `describe`
-renders a plan for `--dry-run` (diffs and commands) from the same comparison.
-
-`apply` is all or nothing for the plan's steps: when one fails (a command, a write), every
-change it made before is reverted, newest first (files get their previous bytes back, new
-commands their undo commands, new directories are removed), the manifest is put back as it
-was, and `RolledBackError` says what failed. Commands that already ran before this install
-and ran again (a restart after a changed unit) are not undone.
+`diff(steps, manifest, disk)` is pure: from the plan, the manifest of earlier installs and
+what the steps' paths hold now (a `Disk`, data), it returns the changes, in the order they
+are to be made. First the undoing of what the manifest holds but the plan no longer wants
+(an option dropped since the last install), newest first; then, step by step, only what
+differs: a file whose bytes are already right is not written, and commands run when they
+are not in the manifest yet or a file they depend on is written. So a second install
+changes nothing. `render` turns the changes into the `--dry-run` listing (diffs and
+commands); apply.py makes them. Both start from the same list, so they cannot disagree.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
-import hashlib
-import json
-import os
 import shlex
-import stat
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from .blocks import BlockRecord, insert_block, remove_block
-from .runner import Argv, CommandError, Runner
+from .blocks import insert_block
+from .errors import InstallError as InstallError  # the CLI takes it from here
+from .files import decode, encode, read, sha256
+from .manifest import (
+    BlockEntry,
+    CommandsEntry,
+    EntryKey,
+    EntryKind,
+    FileEntry,
+)
+from .manifest import Manifest as Manifest  # the CLI takes it from here
+from .runner import Argv
 
-MANIFEST_VERSION = 1
-# Text of users' files is decoded this way so any bytes survive a round trip unchanged.
-TEXT_ENCODING = "utf-8"
-TEXT_ERRORS = "surrogateescape"
+DEFAULT_FILE_MODE = 0o644
 
 
-class InstallError(Exception):
-    pass
-
-
-class RolledBackError(InstallError):
-    """A plan failed part-way and what it had changed was reverted; `leftovers` lists what
-    could not be (an undo command that failed)."""
-
-    def __init__(self, cause: BaseException, leftovers: Sequence[str]) -> None:
-        self.leftovers = list(leftovers)
-        if self.leftovers:
-            message = f"{cause}; undone, except: {'; '.join(self.leftovers)}"
-        else:
-            message = f"{cause}; undone: nothing of this install is left"
-        super().__init__(message)
+# -- the steps of a plan ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class WriteFile:
     path: Path
     content: bytes
-    mode: int = 0o644
+    mode: int = DEFAULT_FILE_MODE
+
+    @property
+    def key(self) -> EntryKey:
+        return EntryKind.FILE, self.path
 
 
 @dataclass(frozen=True)
@@ -79,6 +63,10 @@ class EditBlock:
     block: str
     # Create the file when it does not exist (it is deleted again when left empty).
     create: bool = False
+
+    @property
+    def key(self) -> EntryKey:
+        return EntryKind.BLOCK, self.path
 
 
 @dataclass(frozen=True)
@@ -90,6 +78,14 @@ class RunCommands:
     # The trust store these commands touch, if any (status and uninstall report it).
     store: str | None = None
 
+    @property
+    def key(self) -> EntryKey:
+        return EntryKind.COMMANDS, self.run
+
+    @property
+    def entry(self) -> CommandsEntry:
+        return CommandsEntry(self.description, self.run, self.undo, self.store)
+
 
 @dataclass(frozen=True)
 class MakeDir:
@@ -97,399 +93,223 @@ class MakeDir:
 
     path: Path
 
+    @property
+    def key(self) -> EntryKey:
+        return EntryKind.DIR, self.path
+
 
 Step = WriteFile | EditBlock | MakeDir | RunCommands
 
 
-@dataclass
-class Manifest:
-    """What installs did, in order, and the settings of the last one."""
+# -- what is on disk, as data ----------------------------------------------------------------
 
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
+
+@dataclass(frozen=True)
+class Disk:
+    """What the steps' paths hold now: the bytes of each file that exists, and the
+    directories that exist among the steps' directories and their parents (only up to the
+    first that exists; the root always does)."""
+
+    files: Mapping[Path, bytes] = field(default_factory=dict)
+    dirs: frozenset[Path] = frozenset()
 
     @classmethod
-    def load(cls, path: Path) -> Manifest:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError) as exc:
-            raise InstallError(f"cannot read the install manifest {path}: {exc}") from exc
-        if data.get("version") != MANIFEST_VERSION:
-            raise InstallError(f"{path}: unknown manifest version {data.get('version')!r}")
-        return cls(list(data["entries"]), dict(data.get("settings", {})))
-
-    def save(self, path: Path) -> None:
-        data = {"version": MANIFEST_VERSION, "settings": self.settings, "entries": self.entries}
-        _write_atomically(path, (json.dumps(data, indent=2) + "\n").encode(), 0o644)
-
-    def find(self, kind: str, key: str, value: Any) -> dict[str, Any] | None:
-        for entry in self.entries:
-            if entry["kind"] == kind and entry[key] == value:
-                return entry
-        return None
-
-    @property
-    def stores(self) -> list[str]:
-        return [e["store"] for e in self.entries if e["kind"] == "commands" and e.get("store")]
-
-
-@dataclass
-class Outcome:
-    """What `apply` or `undo` did (for the CLI to report)."""
-
-    changed: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _decode(data: bytes) -> str:
-    return data.decode(TEXT_ENCODING, TEXT_ERRORS)
-
-
-def _encode(text: str) -> bytes:
-    return text.encode(TEXT_ENCODING, TEXT_ERRORS)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _write_in_place(path: Path, data: bytes) -> None:
-    # A user's file keeps its inode, mode, owner and any symlink pointing at it.
-    with path.open("r+b") as f:
-        f.write(data)
-        f.truncate()
-
-
-def _new_block_text(
-    step: EditBlock, manifest: Manifest
-) -> tuple[bytes | None, bytes, dict[str, Any]]:
-    """(current bytes, bytes after the edit, the manifest entry for it)."""
-    current = _read(step.path)
-    text = _decode(current) if current is not None else ""
-    new_text, record = insert_block(text, step.block)
-    entry = manifest.find("block", "path", str(step.path))
-    if entry is None:
-        entry = {
-            "kind": "block",
-            "path": str(step.path),
-            "created": current is None,
-            "separator": record.separator,
-            "previous": record.previous,
-        }
-    return current, _encode(new_text), entry
-
-
-def describe(steps: Sequence[Step], manifest: Manifest) -> list[str]:
-    """The plan as `--dry-run` shows it: each change as a diff or a command list; steps that
-    would change nothing are left out."""
-    lines: list[str] = []
-    for entry in reversed(stale_entries(steps, manifest)):
-        if entry["kind"] == "commands":
-            lines.append(f"undo ({entry['description']}):")
-            lines.extend(f"  $ {shlex.join(argv)}" for argv in entry["undo"])
-        else:
-            lines.append(f"remove transcache's {entry['kind']} from {entry['path']}")
-    written: set[Path] = set()
-    for step in steps:
-        if isinstance(step, WriteFile | EditBlock):
-            if isinstance(step, WriteFile):
-                current, new = _read(step.path), step.content
-            else:
-                if not step.path.exists() and not step.create:
-                    continue
-                current, new, _ = _new_block_text(step, manifest)
-            if current == new:
+    def observe(cls, steps: Iterable[Step]) -> Disk:
+        """Read what `steps` would compare against (reads only)."""
+        files: dict[Path, bytes] = {}
+        dirs: set[Path] = set()
+        for step in steps:
+            if isinstance(step, RunCommands):
                 continue
-            written.add(step.path)
-            verb = "create" if current is None else "modify"
-            lines.append(f"{verb} {step.path}")
-            lines.extend(
-                line.rstrip("\n")
-                for line in difflib.unified_diff(
-                    _decode(current or b"").splitlines(keepends=True),
-                    _decode(new).splitlines(keepends=True),
-                    fromfile=str(step.path) if current is not None else "/dev/null",
-                    tofile=str(step.path),
-                )
-            )
-        elif isinstance(step, MakeDir):
-            if not step.path.is_dir():
-                lines.append(f"create directory {step.path}")
-        elif _commands_due(step, manifest, written):
-            lines.append(f"run ({step.description}):")
-            lines.extend(f"  $ {shlex.join(argv)}" for argv in step.run)
-    return lines
+            directory = step.path
+            if isinstance(step, WriteFile | EditBlock):
+                content = read(step.path)
+                if content is not None:
+                    files[step.path] = content
+                directory = step.path.parent
+            dirs.add(next(path for path in (directory, *directory.parents) if path.is_dir()))
+        return cls(files, frozenset(dirs))
+
+    def is_dir(self, path: Path) -> bool:
+        return path in self.dirs or path.parent == path
 
 
-def _commands_due(step: RunCommands, manifest: Manifest, written: set[Path]) -> bool:
-    recorded = manifest.find("commands", "run", [list(a) for a in step.run])
-    return recorded is None or any(p in written for p in step.depends_on)
-
-
-def missing_dirs(directory: Path) -> list[Path]:
+def missing_dirs(directory: Path, exists: Callable[[Path], bool] = Path.exists) -> list[Path]:
     """`directory` and those of its parents that do not exist, outermost first."""
     missing = []
     for path in (directory, *directory.parents):
-        if path.exists():
+        if exists(path):
             break
         missing.append(path)
     return missing[::-1]
 
 
-def dir_entry(directory: Path) -> dict[str, Any]:
-    return {"kind": "dir", "path": str(directory)}
-
-
-def remove_empty_dirs(directories: Iterable[Path]) -> list[Path]:
-    """Remove those of `directories` that are empty (deepest first, so a parent emptied by
-    removing its child goes too); the ones removed."""
-    removed = []
-    for directory in sorted(set(directories), key=lambda p: len(p.parts), reverse=True):
-        try:
-            directory.rmdir()
-        except OSError:
-            continue  # not empty (something else lives there now) or already gone
-        removed.append(directory)
-    return removed
+# -- the changes -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Restore:
-    """A file as it was before apply changed it (`previous` None: it did not exist)."""
+class Undo:
+    """Undo what an earlier install recorded and this plan no longer wants."""
+
+    entry: FileEntry | BlockEntry | CommandsEntry
+
+
+@dataclass(frozen=True)
+class Record:
+    """Record what is already as the plan wants it (nothing on disk changes)."""
+
+    entry: FileEntry | BlockEntry
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write a file that is entirely ours (`previous` None: it does not exist yet), after
+    creating `new_dirs` for it; then record it."""
 
     path: Path
     previous: bytes | None
+    content: bytes
     mode: int
-    in_place: bool
+    new_dirs: tuple[Path, ...] = ()
 
-    @classmethod
-    def take(cls, path: Path, *, in_place: bool) -> _Restore:
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except FileNotFoundError:
-            return cls(path, None, 0, in_place)
-        return cls(path, path.read_bytes(), mode, in_place)
-
-    def revert(self) -> None:
-        if self.previous is None:
-            self.path.unlink(missing_ok=True)
-        elif _read(self.path) == self.previous:
-            return
-        elif self.in_place:
-            _write_in_place(self.path, self.previous)
-        else:
-            _write_atomically(self.path, self.previous, self.mode)
+    @property
+    def entry(self) -> FileEntry:
+        return FileEntry(self.path, sha256(self.content))
 
 
-# What apply did, oldest first: a file to restore, or a manifest entry (a directory, commands)
-# it added, undone as uninstall would.
-_Change = _Restore | dict[str, Any]
+@dataclass(frozen=True)
+class Edit:
+    """Rewrite a user's file with our block (recorded before, by a `Record`)."""
+
+    path: Path
+    previous: bytes | None
+    content: bytes
+    new_dirs: tuple[Path, ...] = ()
 
 
-def _make_parents(path: Path, manifest: Manifest, journal: list[_Change]) -> None:
-    for directory in missing_dirs(path.parent):
-        directory.mkdir()
-        entry = dir_entry(directory)
-        manifest.entries.append(entry)
-        journal.append(entry)
+@dataclass(frozen=True)
+class CreateDir:
+    """Create `new_dirs`, the last of which a `MakeDir` step wants."""
+
+    new_dirs: tuple[Path, ...]
 
 
-def apply(steps: Sequence[Step], manifest: Manifest, runner: Runner, save: Path) -> Outcome:
-    """Bring the machine to `steps`, recording into `manifest` (saved to `save` after every
-    change, so an interrupted install can still be undone). When a step fails, what the
-    steps changed is reverted and RolledBackError raised (see the module comment)."""
-    outcome = Outcome()
-    for entry in reversed(stale_entries(steps, manifest)):
-        _undo_entry(entry, runner, outcome)
-        manifest.entries.remove(entry)
-        manifest.save(save)
-    recorded = copy.deepcopy(manifest.entries)
-    journal: list[_Change] = []
-    try:
-        _apply_steps(steps, manifest, runner, save, outcome, journal)
-    except BaseException as exc:
-        leftovers = _revert(journal, runner)
-        manifest.entries[:] = recorded
-        manifest.save(save)
-        if isinstance(exc, Exception):
-            raise RolledBackError(exc, leftovers) from exc
-        raise
-    manifest.save(save)
-    return outcome
+@dataclass(frozen=True)
+class Run:
+    """Run a step's commands; `record`: the entry to record before they run (None: the
+    manifest has it from an earlier install)."""
+
+    step: RunCommands
+    record: CommandsEntry | None
 
 
-def _revert(journal: list[_Change], runner: Runner) -> list[str]:
-    """Undo `journal`, newest first; what could not be undone."""
-    outcome = Outcome()
-    for change in reversed(journal):
-        if isinstance(change, _Restore):
-            try:
-                change.revert()
-            except OSError as exc:
-                outcome.warnings.append(f"cannot restore {change.path}: {exc}")
-        else:
-            _undo_entry(change, runner, outcome)
-    return outcome.warnings
+Change = Undo | Record | Write | Edit | CreateDir | Run
 
 
-def _apply_steps(
-    steps: Sequence[Step],
-    manifest: Manifest,
-    runner: Runner,
-    save: Path,
-    outcome: Outcome,
-    journal: list[_Change],
-) -> None:
+def diff(steps: Sequence[Step], manifest: Manifest, disk: Disk) -> list[Change]:
+    """The changes that bring `disk` and `manifest` to `steps` (see the module comment)."""
+    changes: list[Change] = [Undo(entry) for entry in reversed(stale_entries(steps, manifest))]
+    made: set[Path] = set()
     written: set[Path] = set()
+
+    def new_dirs(directory: Path) -> tuple[Path, ...]:
+        created = missing_dirs(directory, lambda path: path in made or disk.is_dir(path))
+        made.update(created)
+        return tuple(created)
+
     for step in steps:
         if isinstance(step, WriteFile):
-            if _read(step.path) == step.content:
-                if manifest.find("file", "path", str(step.path)) is None:
-                    manifest.entries.append(_file_entry(step.path, step.content))
-                continue
-            _make_parents(step.path, manifest, journal)
-            journal.append(_Restore.take(step.path, in_place=False))
-            _write_atomically(step.path, step.content, step.mode)
-            entry = manifest.find("file", "path", str(step.path))
-            if entry is None:
-                manifest.entries.append(_file_entry(step.path, step.content))
-            else:
-                entry["sha256"] = sha256(step.content)
-            written.add(step.path)
-            outcome.changed.append(f"wrote {step.path}")
+            current = disk.files.get(step.path)
+            if current != step.content:
+                changes.append(
+                    Write(step.path, current, step.content, step.mode, new_dirs(step.path.parent))
+                )
+                written.add(step.path)
+            elif manifest.get(step.key) != (record := FileEntry(step.path, sha256(current))):
+                changes.append(Record(record))
         elif isinstance(step, EditBlock):
-            if not step.path.exists() and not step.create:
+            current = disk.files.get(step.path)
+            if current is None and not step.create:
                 continue
-            current, new, entry = _new_block_text(step, manifest)
-            if manifest.find("block", "path", str(step.path)) is None:
-                manifest.entries.append(entry)
-            if current == new:
-                continue
-            if current is None:
-                _make_parents(step.path, manifest, journal)
-            journal.append(_Restore.take(step.path, in_place=True))
-            if current is None:
-                step.path.write_bytes(new)
-            else:
-                _write_in_place(step.path, new)
-            written.add(step.path)
-            outcome.changed.append(f"updated {step.path}")
+            content, entry = _with_block(step, current, manifest)
+            if manifest.get(step.key) is None:
+                changes.append(Record(entry))
+            if current != content:
+                dirs = new_dirs(step.path.parent) if current is None else ()
+                changes.append(Edit(step.path, current, content, dirs))
+                written.add(step.path)
         elif isinstance(step, MakeDir):
-            if step.path.is_dir():
-                continue
-            _make_parents(step.path / "-", manifest, journal)
-            outcome.changed.append(f"created {step.path}")
+            if not disk.is_dir(step.path) and step.path not in made:
+                changes.append(CreateDir(new_dirs(step.path)))
         else:
-            if not _commands_due(step, manifest, written):
-                continue
-            # Recorded before running: commands that fail half-way are still undone.
-            if manifest.find("commands", "run", [list(a) for a in step.run]) is None:
-                entry = {
-                    "kind": "commands",
-                    "description": step.description,
-                    "run": [list(a) for a in step.run],
-                    "undo": [list(a) for a in step.undo],
-                    "store": step.store,
-                }
-                manifest.entries.append(entry)
-                journal.append(entry)
-                manifest.save(save)
-            for argv in step.run:
-                runner.run(argv)
-            outcome.changed.append(step.description)
-        manifest.save(save)
+            recorded = manifest.get(step.key)
+            if recorded is None or any(path in written for path in step.depends_on):
+                changes.append(Run(step, step.entry if recorded is None else None))
+    return changes
 
 
-def _file_entry(path: Path, content: bytes) -> dict[str, Any]:
-    return {"kind": "file", "path": str(path), "sha256": sha256(content)}
+def _with_block(
+    step: EditBlock, current: bytes | None, manifest: Manifest
+) -> tuple[bytes, BlockEntry]:
+    """The file's bytes with our block, and the entry that records it: an earlier install's
+    (what it replaced is what uninstall must put back), else this edit's."""
+    text, record = insert_block(decode(current) if current is not None else "", step.block)
+    entry = manifest.get(step.key)
+    if not isinstance(entry, BlockEntry):
+        entry = BlockEntry(step.path, current is None, record.separator, record.previous)
+    return encode(text), entry
 
 
-def undo(manifest: Manifest, runner: Runner) -> Outcome:
-    """Reverse every manifest entry, last first. Failures become warnings: uninstall goes on
-    and removes everything else."""
-    outcome = Outcome()
-    for entry in reversed(manifest.entries):
-        _undo_entry(entry, runner, outcome)
-    return outcome
-
-
-def _undo_entry(entry: dict[str, Any], runner: Runner, outcome: Outcome) -> None:
-    path = Path(entry.get("path", ""))
-    if entry["kind"] == "commands":
-        for argv in entry["undo"]:
-            try:
-                runner.run(argv)
-            except CommandError as exc:
-                outcome.warnings.append(str(exc))
-        outcome.changed.append(f"undid: {entry['description']}")
-    elif entry["kind"] == "file":
-        current = _read(path)
-        if current is None:
-            return
-        if sha256(current) != entry["sha256"]:
-            outcome.warnings.append(f"kept {path}: it was changed after install")
-            return
-        path.unlink()
-        outcome.changed.append(f"removed {path}")
-    elif entry["kind"] == "block":
-        current = _read(path)
-        if current is None:
-            return
-        record = BlockRecord(entry["separator"], entry["previous"])
-        text = remove_block(_decode(current), record)
-        if entry["created"] and not text:
-            path.unlink()
-            outcome.changed.append(f"removed {path}")
-        elif _encode(text) != current:
-            _write_in_place(path, _encode(text))
-            outcome.changed.append(f"restored {path}")
-    elif entry["kind"] == "dir":
-        remove_empty_dirs([path])
-
-
-def _step_key(step: Step) -> tuple[str, object]:
-    if isinstance(step, WriteFile):
-        return "file", str(step.path)
-    if isinstance(step, EditBlock):
-        return "block", str(step.path)
-    if isinstance(step, MakeDir):
-        return "dir", str(step.path)
-    return "commands", step.run
-
-
-def _entry_key(entry: dict[str, Any]) -> tuple[str, object]:
-    if entry["kind"] == "commands":
-        return "commands", tuple(tuple(argv) for argv in entry["run"])
-    return entry["kind"], entry["path"]
-
-
-def stale_entries(steps: Sequence[Step], manifest: Manifest) -> list[dict[str, Any]]:
+def stale_entries(
+    steps: Sequence[Step], manifest: Manifest
+) -> list[FileEntry | BlockEntry | CommandsEntry]:
     """What an earlier install did that this plan no longer wants (an option dropped, the CA
     replaced): undone first, so the machine ends up as if only this plan had been applied.
     Directories stay: they go with uninstall, once empty."""
-    planned = {_step_key(step) for step in steps}
-    return [e for e in manifest.entries if e["kind"] != "dir" and _entry_key(e) not in planned]
+    planned = {step.key for step in steps}
+    return [
+        entry
+        for entry in manifest.entries
+        if isinstance(entry, FileEntry | BlockEntry | CommandsEntry) and entry.key not in planned
+    ]
+
+
+# -- the dry run -----------------------------------------------------------------------------
+
+
+def render(changes: Iterable[Change]) -> list[str]:
+    """The changes as `--dry-run` shows them: each file to create or modify as a unified
+    diff, each command to run or undo. Recording alone is not shown."""
+    lines: list[str] = []
+    for change in changes:
+        if isinstance(change, Undo):
+            if isinstance(change.entry, CommandsEntry):
+                lines.append(f"undo ({change.entry.description}):")
+                lines.extend(f"  $ {shlex.join(argv)}" for argv in change.entry.undo)
+            else:
+                lines.append(f"remove transcache's {change.entry.key[0]} from {change.entry.path}")
+        elif isinstance(change, Write | Edit):
+            lines.append(f"{'create' if change.previous is None else 'modify'} {change.path}")
+            lines.extend(
+                line.rstrip("\n")
+                for line in difflib.unified_diff(
+                    decode(change.previous or b"").splitlines(keepends=True),
+                    decode(change.content).splitlines(keepends=True),
+                    fromfile=str(change.path) if change.previous is not None else "/dev/null",
+                    tofile=str(change.path),
+                )
+            )
+        elif isinstance(change, CreateDir):
+            lines.append(f"create directory {change.new_dirs[-1]}")
+        elif isinstance(change, Run):
+            lines.append(f"run ({change.step.description}):")
+            lines.extend(f"  $ {shlex.join(argv)}" for argv in change.step.run)
+    return lines
+
+
+def describe(steps: Sequence[Step], manifest: Manifest) -> list[str]:
+    """The plan as `--dry-run` prints it, against what the disk holds now."""
+    return render(diff(steps, manifest, Disk.observe(steps)))
 
 
 def needs_root(steps: Iterable[Step]) -> list[Argv]:

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from . import launchd, systemd
 from .health import answers, leaf_rejections
-from .plan import Manifest
+from .manifest import Manifest
 from .settings import Settings, manifest_path
 
 
