@@ -20,7 +20,7 @@ from transcache._ca import CertificateAuthority
 from transcache._config import Config, ConfigError, load_config_file
 from transcache._limits import BodyPace, ConnectionSlots, default_max_connections
 from transcache._server import ProxyServer
-from transcache._store import Store
+from transcache.store import Store
 
 from .conftest import resolve_names
 from .origin import Origin

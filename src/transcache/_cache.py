@@ -48,8 +48,8 @@ from ._protocol import (
     header_value,
     request_headers_for_upstream,
 )
-from ._store import SMALL_BODY_BYTES, BodyWriter, Entry, Store, now
 from ._upstream import BodyReader, UpstreamPool, UpstreamResponse
+from .store import BodyWriter, Counter, Entry, Store, now
 
 log = logging.getLogger("transcache.cache")
 
@@ -152,7 +152,7 @@ class StoredResponse:
 
     async def aclose(self) -> None:
         if self._store is not None and self._served:
-            self._store.count("bytes_from_cache", self._served)
+            self._store.count(Counter.BYTES_FROM_CACHE, self._served)
             self._served = 0
         if self._fd >= 0:
             os.close(self._fd)
@@ -313,10 +313,7 @@ class Cache:
         if not self.store.needs_hashing(entry):
             return source
         try:
-            if entry.size <= SMALL_BODY_BYTES:
-                intact = self.store.verified(entry)
-            else:
-                intact = await trio.to_thread.run_sync(self.store.verified, entry)
+            intact = await self.store.verified(entry)
         except BaseException:
             await source.aclose()
             raise
@@ -359,7 +356,7 @@ class Cache:
             )
 
         if self.config.offline or _only_if_cached(client_headers):
-            self.store.count("offline_misses")
+            self.store.count(Counter.OFFLINE_MISSES)
             raise OfflineMissError(f"offline: {url} is not in the cache")
         if head_only or header_value(client_headers, b"range") is not None:
             # Forwarded as asked; a full download starts (or continues) behind it so the
@@ -411,9 +408,9 @@ class Cache:
         if entry is not None:
             return self._hit(entry, client_headers, False, 0, outcome, "hit")
         if self.config.offline:
-            self.store.count("offline_misses")
+            self.store.count(Counter.OFFLINE_MISSES)
             raise OfflineMissError(f"offline: {url} (git fetch) is not in the cache")
-        self.store.count("git_misses")
+        self.store.count(Counter.GIT_MISSES)
         return await self._miss(
             origin, path, client_headers, key, PINNED, outcome, method, body, "git"
         )
@@ -432,7 +429,7 @@ class Cache:
         if self.config.offline and entry is not None:
             return self._hit(entry, client_headers, False, 0, outcome, "offline")
         if self.config.offline:
-            self.store.count("offline_misses")
+            self.store.count(Counter.OFFLINE_MISSES)
             raise OfflineMissError(f"offline: {origin.url(path)} (git refs) is not in the cache")
         try:
             return await self._miss(
@@ -446,11 +443,10 @@ class Cache:
             return self._hit(entry, client_headers, False, 0, outcome, "stale", status)
 
     def _lookup(self, key: str, client_headers: Headers) -> Entry | None:
-        index = self.store.read_meta(key)
+        index = self.store.vary_index(key)
         if index is None:
             return None
-        fields = tuple(index.get("vary", ()))
-        return self.store.get(key + "\n" + policy.variant_key(fields, client_headers))
+        return self.store.get(key + "\n" + policy.variant_key(index.fields, client_headers))
 
     # -- hits -------------------------------------------------------------------------------
 
@@ -465,10 +461,10 @@ class Cache:
         cache_status: bytes | None = None,
     ) -> StoredResponse:
         outcome.label = label
-        self.store.count("hits")
+        self.store.count(Counter.HITS)
         if entry.kind == "git":
-            self.store.count("git_hits")
-            self.store.count("git_bytes_from_cache", entry.size)
+            self.store.count(Counter.GIT_HITS)
+            self.store.count(Counter.GIT_BYTES_FROM_CACHE, entry.size)
         self.store.touch(entry)
         status_value = cache_status or policy.cache_status(
             "hit", detail="offline" if label == "offline" else None
@@ -533,7 +529,7 @@ class Cache:
             age = policy.current_age(entry.headers, entry.request_time, entry.response_time, now())
             status = policy.cache_status("stale", detail="upstream-unreachable")
             return self._hit(entry, client_headers, head_only, age, outcome, "stale", status)
-        self.store.count("revalidations")
+        self.store.count(Counter.REVALIDATIONS)
         if response.status == 304:
             while await response.read():  # no body; reading its end returns the connection
                 pass
@@ -582,7 +578,7 @@ class Cache:
                     pass  # published a moment ago; fetch it ourselves
                 else:
                     outcome.label = "collapsed"
-                    self.store.count("misses")
+                    self.store.count(Counter.MISSES)
                     return reader
         pending = None
         if key not in self._flights:
@@ -633,7 +629,7 @@ class Cache:
     ) -> ResponseSource:
         """Store the response while streaming it (through `pending`, the flight registered
         for it, or a new one), or pass it through when it may not or cannot be stored."""
-        self.store.count("misses")
+        self.store.count(Counter.MISSES)
         stored_headers = _stored_headers(response)
         if kind == "git":
             pass  # git keys carry the request's partition whatever the response says
@@ -741,9 +737,9 @@ class Cache:
                     "kind": flight.kind,
                 }
                 try:
-                    await trio.to_thread.run_sync(live_writer.commit, fields)
-                    self.store.write_meta(flight.key, {"key": flight.key, "vary": list(vary)})
-                    self.store.count("stored")
+                    await self.store.commit(live_writer, fields)
+                    self.store.write_index(flight.key, vary)
+                    self.store.count(Counter.STORED)
                 except OSError as exc:
                     log.warning("cannot publish %s: %s", url, exc)
                     live_writer.abort()
@@ -753,7 +749,7 @@ class Cache:
             log.warning("%s: download failed, nothing stored: %s", url, error)
             flight.error = str(error)
         finally:
-            self.store.count("bytes_from_upstream", received)
+            self.store.count(Counter.BYTES_FROM_UPSTREAM, received)
             if live_writer is not None:
                 live_writer.abort()
             flight.finished = True
@@ -774,7 +770,7 @@ class Cache:
             return
         self._evicting = True
         try:
-            freed = await trio.to_thread.run_sync(self.store.evict)
+            freed = await self.store.evict()
             log.info("evicted %d bytes to stay under %d", freed, self.store.max_size)
         except OSError as exc:
             log.warning("eviction failed: %s", exc)
@@ -809,7 +805,7 @@ class Cache:
         body: bytes | None = None,
     ) -> ResponseSource:
         outcome.label = label
-        self.store.count("misses")
+        self.store.count(Counter.MISSES)
         headers = request_headers_for_upstream(client_headers, origin)
         response = await self.pool.request(origin, method, path.encode(), headers, _replay(body))
         status = policy.cache_status(label, fwd_status=response.status)

@@ -59,9 +59,9 @@ from ._protocol import (
 )
 from ._rejections import LeafRejections, fix_for, peer_program
 from ._stats import ProxyStats, tag_from
-from ._store import Store
 from ._upstream import BodyReader, UpstreamPool
 from .install import doctor_pages
+from .store import Store
 
 log = logging.getLogger("transcache")
 access_log = logging.getLogger("transcache.access")
