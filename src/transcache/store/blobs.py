@@ -110,7 +110,7 @@ class BodyWriter:
             os.unlink(self.path)
 
 
-def sha256_of(fd: int) -> str:
+def _sha256_of(fd: int) -> str:
     digest = hashlib.sha256()
     offset = 0
     while chunk := os.pread(fd, HASH_CHUNK, offset):
@@ -125,7 +125,7 @@ def check_blob(path: Path, digest: str, size: int) -> Signature | None:
     fd = os.open(path, os.O_RDONLY)
     try:
         stat = os.fstat(fd)  # what is hashed is what is remembered, even if replaced
-        intact = stat.st_size == size and sha256_of(fd) == digest
+        intact = stat.st_size == size and _sha256_of(fd) == digest
     finally:
         os.close(fd)
     return signature(stat) if intact else None

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .blobs import evict_blobs, scan, sha256_of
+from .blobs import check_blob, evict_blobs, scan
 from .layout import make_private_dirs, shard_path
 from .metadata import Entry
 from .store import Store
@@ -68,21 +67,14 @@ def verify(store: Store) -> tuple[int, list[Path]]:
     checked, removed = 0, []
     for blob in scan(store.layout.blobs):
         try:
-            fd = os.open(blob.path, os.O_RDONLY)
+            intact = check_blob(blob.path, blob.path.name, blob.size) is not None
         except OSError:
-            continue
-        try:
-            digest = sha256_of(fd)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
+            continue  # gone meanwhile
         checked += 1
-        if digest != blob.path.name:
+        if not intact:
             with contextlib.suppress(OSError):
-                size = blob.path.stat().st_size
                 blob.path.unlink()
-                store.ledger.removed(size)
+                store.ledger.removed(blob.size)
             removed.append(blob.path)
     prune(store)
     return checked, removed
