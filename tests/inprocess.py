@@ -41,8 +41,8 @@ from transcache._limits import ConnectionSlots
 from transcache._protocol import Headers, Origin
 from transcache._server import ProxyServer
 from transcache._stats import ProxyStats
-from transcache._store import Store
 from transcache.cache import ResponseSource
+from transcache.store import Store
 
 # What serves the proxy's end of one client connection until it is done.
 Serve = Callable[[trio.abc.Stream], Awaitable[object]]

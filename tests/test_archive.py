@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from transcache import Proxy
-from transcache._store import Entry, Store
 from transcache.cli import main
+from transcache.store import Entry, Store, maintenance
 
 from .clients import pip_download, run
 from .origin import Origin, client_env
@@ -44,7 +44,8 @@ def publish(store: Store, url: str, body: bytes) -> Entry:
     """Store `url` as the cache does: the entry (no Vary: empty variant) and its index record."""
     writer = store.begin()
     writer.write(body)
-    entry = writer.commit(
+    entry = store.publish(
+        writer.finish(),
         {
             "key": url + "\n",
             "url": url,
@@ -53,9 +54,9 @@ def publish(store: Store, url: str, body: bytes) -> Entry:
             "headers": [(b"Content-Type", b"application/octet-stream")],
             "request_time": 1000.0,
             "response_time": 1001.0,
-        }
+        },
     )
-    store.write_meta(url, {"key": url, "vary": []})
+    store.write_index(url, ())
     return entry
 
 
@@ -114,7 +115,13 @@ def test_export_takes_only_entries_whose_url_matches_the_pattern(
     publish(store, PAGE_URL, b"<html>index</html>")
     archive = tmp_path / "wheels.tar.gz"
     status, out = transcache(
-        capsys, "cache", "export", "--cache-dir", str(store.root.parent), str(archive), "*.whl"
+        capsys,
+        "cache",
+        "export",
+        "--cache-dir",
+        str(store.layout.root.parent),
+        str(archive),
+        "*.whl",
     )
     assert status == 0
     assert "exported 1 entries (1 bodies, 11 bytes)" in out
@@ -140,7 +147,7 @@ def test_export_since_takes_the_entries_a_run_used(
         "cache",
         "export",
         "--cache-dir",
-        str(store.root.parent),
+        str(store.layout.root.parent),
         "--since",
         since,
         str(archive),
@@ -170,7 +177,9 @@ def test_import_skips_a_corrupt_body_and_its_entry(
     wheel = publish(store, WHEEL_URL, b"wheel bytes")
     publish(store, PAGE_URL, b"<html>index</html>")
     archive = tmp_path / "all.tar.gz"
-    transcache(capsys, "cache", "export", "--cache-dir", str(store.root.parent), str(archive))
+    transcache(
+        capsys, "cache", "export", "--cache-dir", str(store.layout.root.parent), str(archive)
+    )
     digest = wheel.digest
     corrupt = tmp_path / "corrupt.tar.gz"
     blob_name = f"v1/blobs/{digest[:2]}/{digest[2:4]}/{digest}"
@@ -184,7 +193,7 @@ def test_import_skips_a_corrupt_body_and_its_entry(
     assert listed_urls(capsys, tmp_path / "b") == [PAGE_URL]
     restored = Store(tmp_path / "b", MAX_SIZE)
     try:
-        assert restored.verify() == (1, [])  # nothing damaged was published
+        assert maintenance.verify(restored) == (1, [])  # nothing damaged was published
     finally:
         restored.close()
 

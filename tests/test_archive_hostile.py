@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from transcache import Proxy
-from transcache._archive import import_archive
-from transcache._store import Store, key_digest
+from transcache.store import Store
+from transcache.store.archive import import_archive
+from transcache.store.layout import key_digest
 
 from . import fsaudit
 from .clients import curl
@@ -134,7 +135,7 @@ def test_a_hostile_archive_writes_nothing_outside_the_cache_and_plants_nothing(
 
     with fsaudit.recording() as imported:
         result = import_archive(store, archive)
-    assert imported.writes_outside(store.root.parent) == []
+    assert imported.writes_outside(store.layout.root.parent) == []
     assert imported.touching(planted) == []
     assert not (tmp_path / "escaped").exists()
     assert result.entries == 1  # the good one
@@ -145,7 +146,7 @@ def test_a_hostile_archive_writes_nothing_outside_the_cache_and_plants_nothing(
     assert f"{url['symlink']}: its body is missing or corrupt" in skipped
 
     options: dict[str, Any] = {
-        "cache_dir": store.root.parent,
+        "cache_dir": store.layout.root.parent,
         "ca_dir": tmp_path / "ca",
         "upstream_ca": [origin_ca_pem],
         "resolve": [f"files.test:{origin.port}:127.0.0.1"],

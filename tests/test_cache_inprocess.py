@@ -14,9 +14,9 @@ import trio
 from transcache._config import Config
 from transcache._errors import UpstreamError, UpstreamUnreachableError
 from transcache._protocol import Headers, Origin, header_value
-from transcache._store import Store
 from transcache._upstream import BodyReader
 from transcache.cache import Cache, CacheRequest, Outcome, ResponseSource
+from transcache.store import Store
 
 ORIGIN = Origin("https", "files.test", 443)
 MiB = 1024 * 1024

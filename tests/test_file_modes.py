@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from transcache._archive import export_archive, import_archive
-from transcache._store import Store
+from transcache.store import Counter, Store
+from transcache.store.archive import export_archive, import_archive
 
 from .test_archive import publish
 
@@ -42,7 +42,7 @@ def test_cache_files_and_directories_are_owner_only(tmp_path: Path, umask: int) 
     target = Store(tmp_path / "target", MAX_SIZE)
     try:
         publish(source, URL, b"wheel bytes")
-        source.count("hits")
+        source.count(Counter.HITS)
         source.flush_counters()
         in_progress = source.begin()  # a body still arriving: a temp file
         in_progress.write(b"partial")

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from transcache._protocol import Headers
-from transcache._store import LOCK_NAME, SMALL_BODY_BYTES, Entry, Store, key_digest
+from transcache.store import Counter, Entry, Store, maintenance
+from transcache.store.layout import LOCK_NAME, key_digest
+from transcache.store.store import SMALL_BODY_BYTES
 
 from . import fsaudit
 
@@ -38,7 +40,8 @@ def store(cache_dir: Path) -> Iterator[Store]:
 def publish(store: Store, key: str, body: bytes, headers: Headers = HEADERS) -> Entry:
     writer = store.begin()
     writer.write(body)
-    return writer.commit(
+    return store.publish(
+        writer.finish(),
         {
             "key": key,
             "url": URL,
@@ -47,7 +50,7 @@ def publish(store: Store, key: str, body: bytes, headers: Headers = HEADERS) -> 
             "headers": headers,
             "request_time": 1000.0,
             "response_time": 1001.5,
-        }
+        },
     )
 
 
@@ -77,7 +80,8 @@ def test_a_published_body_reads_back_with_its_head(store: Store, cache_dir: Path
     writer = store.begin()
     for start in range(0, len(body), 4096):
         writer.write(memoryview(body)[start : start + 4096])
-    published = writer.commit(
+    published = store.publish(
+        writer.finish(),
         {
             "key": "k1",
             "url": URL,
@@ -87,7 +91,7 @@ def test_a_published_body_reads_back_with_its_head(store: Store, cache_dir: Path
             "request_time": 1000.0,
             "response_time": 1001.5,
             "kind": "git",
-        }
+        },
     )
 
     entry = store.get("k1")
@@ -157,7 +161,7 @@ def test_identical_bodies_share_one_blob(store: Store, cache_dir: Path) -> None:
     assert blob_files(cache_dir) == [first.body_path]
     assert store.size == len(body)
     assert tmp_files(cache_dir) == []
-    stats = store.stats()
+    stats = maintenance.stats(store)
     assert (stats.entries, stats.bytes) == (2, len(body))
 
 
@@ -247,7 +251,7 @@ def test_metadata_whose_digest_is_not_a_sha256_is_a_miss_and_is_removed(
     assert seen.touching(planted) == []
     assert not path.exists()
     assert "k1" in caplog.text and "digest" in caplog.text
-    assert list(store.entries()) == []
+    assert list(maintenance.entries(store)) == []
 
 
 def test_metadata_written_for_another_key_is_a_miss_and_left_alone(
@@ -281,7 +285,7 @@ def test_verify_removes_a_corrupted_blob_and_its_metadata(store: Store, cache_di
     damaged[0] ^= 0x01
     bad.body_path.write_bytes(bytes(damaged))
 
-    checked, removed = store.verify()
+    checked, removed = maintenance.verify(store)
 
     assert (checked, removed) == (2, [bad.body_path])
     assert not bad.body_path.exists()
@@ -330,7 +334,7 @@ def test_a_live_processs_temp_files_are_kept(store: Store, cache_dir: Path) -> N
             "request_time": 1.0,
             "response_time": 2.0,
         }
-        writer.commit(publish_fields)
+        store.publish(writer.finish(), publish_fields)
         entry = second.get("k1")
         assert entry is not None
         assert entry.body_path.read_bytes() == b"still arriving, now complete"
@@ -381,7 +385,7 @@ def _age(entry: Entry, mtime: float) -> None:
     os.utime(entry.body_path, (mtime, mtime))
 
 
-def test_eviction_removes_the_least_recently_used_bodies_first(
+async def test_eviction_removes_the_least_recently_used_bodies_first(
     store: Store, cache_dir: Path
 ) -> None:
     oldest = publish(store, "oldest", b"a" * 100)
@@ -392,7 +396,7 @@ def test_eviction_removes_the_least_recently_used_bodies_first(
     _age(used, 500_000)
     store.touch(used)  # a hit makes it the most recently used
 
-    assert store.evict(target=150) == 200
+    assert await store.evict(target=150) == 200
 
     assert store.get("oldest") is None
     assert store.get("middle") is None
@@ -401,18 +405,18 @@ def test_eviction_removes_the_least_recently_used_bodies_first(
     assert sum(path.stat().st_size for path in blob_files(cache_dir)) == 100
 
 
-def test_eviction_stops_once_under_the_target(store: Store, cache_dir: Path) -> None:
+async def test_eviction_stops_once_under_the_target(store: Store, cache_dir: Path) -> None:
     entries = [publish(store, f"k{i}", bytes([i]) * 100) for i in range(5)]
     for i, entry in enumerate(entries):
         _age(entry, 1_000_000 + i)
 
-    assert store.evict(target=300) == 200
+    assert await store.evict(target=300) == 200
 
     assert [store.get(f"k{i}") is not None for i in range(5)] == [False, False, True, True, True]
     assert store.size == 300
 
 
-def test_eviction_defaults_to_ninety_percent_of_the_limit(cache_dir: Path) -> None:
+async def test_eviction_defaults_to_ninety_percent_of_the_limit(cache_dir: Path) -> None:
     bounded = Store(cache_dir, max_size=1000)
     try:
         # 1110 bytes; dropping the oldest leaves 960: under the limit but not under 90% of it.
@@ -422,7 +426,7 @@ def test_eviction_defaults_to_ninety_percent_of_the_limit(cache_dir: Path) -> No
             _age(entry, 1_000_000 + i)
         assert bounded.over_limit()
 
-        assert bounded.evict() == 390
+        assert await bounded.evict() == 390
 
         assert not bounded.over_limit()
         assert bounded.size == 720
@@ -449,27 +453,35 @@ def test_a_store_under_its_limit_is_not_over_it(cache_dir: Path) -> None:
 def test_counters_of_two_processes_add_up(store: Store, cache_dir: Path) -> None:
     other = Store(cache_dir, MAX_SIZE)
     try:
-        store.count("hits", 2)
-        store.count("bytes_from_cache", 1000)
-        other.count("hits")
-        other.count("hits", 2)
-        other.count("misses")
+        store.count(Counter.HITS, 2)
+        store.count(Counter.BYTES_FROM_CACHE, 1000)
+        other.count(Counter.HITS)
+        other.count(Counter.HITS, 2)
+        other.count(Counter.MISSES)
         store.flush_counters()
         other.flush_counters()
-        store.count("hits")  # flushed by stats()
-        assert store.stats().counters == {"hits": 6, "misses": 1, "bytes_from_cache": 1000}
-        assert other.stats().counters == {"hits": 6, "misses": 1, "bytes_from_cache": 1000}
+        store.count(Counter.HITS)  # flushed by stats()
+        assert maintenance.stats(store).counters == {
+            "hits": 6,
+            "misses": 1,
+            "bytes_from_cache": 1000,
+        }
+        assert maintenance.stats(other).counters == {
+            "hits": 6,
+            "misses": 1,
+            "bytes_from_cache": 1000,
+        }
     finally:
         other.close()
 
 
 def test_closing_a_store_flushes_its_counters(cache_dir: Path) -> None:
     first = Store(cache_dir, MAX_SIZE)
-    first.count("stored", 3)
+    first.count(Counter.STORED, 3)
     first.close()
     second = Store(cache_dir, MAX_SIZE)
     try:
-        assert second.stats().counters == {"stored": 3}
+        assert maintenance.stats(second).counters == {"stored": 3}
     finally:
         second.close()
 
@@ -477,7 +489,7 @@ def test_closing_a_store_flushes_its_counters(cache_dir: Path) -> None:
 def test_stats_count_entries_and_bytes(store: Store) -> None:
     publish(store, "k1", b"x" * 10)
     publish(store, "k2", b"y" * 20)
-    stats = store.stats()
+    stats = maintenance.stats(store)
     assert (stats.entries, stats.bytes) == (2, 30)
 
 
@@ -485,13 +497,13 @@ def test_clear_removes_every_entry(store: Store, cache_dir: Path) -> None:
     publish(store, "k1", b"x" * 10)
     publish(store, "k2", b"y" * 20)
 
-    store.clear()
+    maintenance.clear(store)
 
     assert store.get("k1") is None
     assert store.get("k2") is None
     assert blob_files(cache_dir) == []
     assert store.size == 0
-    stats = store.stats()
+    stats = maintenance.stats(store)
     assert (stats.entries, stats.bytes) == (0, 0)
     publish(store, "k1", b"stored again")
     assert store.get("k1") is not None
@@ -511,7 +523,7 @@ def test_remembered_entries_follow_changes_made_by_another_process(
         other.update_headers(refreshed)
         again = store.get("shared")
         assert again is not None and again.headers == [(b"ETag", b'"v2"')]
-        other.clear()
+        maintenance.clear(other)
         assert store.get("shared") is None
     finally:
         other.close()
@@ -540,45 +552,47 @@ def opened(seen: fsaudit.Recording, path: Path) -> bool:
 
 
 @pytest.mark.parametrize("size", [100, SMALL_BODY_BYTES + 1], ids=["small", "large"])
-def test_a_body_this_process_published_is_verified_without_reading_it(
+async def test_a_body_this_process_published_is_verified_without_reading_it(
     store: Store, size: int
 ) -> None:
     entry = publish(store, "k1", b"x" * size)
     with fsaudit.recording() as seen:
-        assert store.verified(entry)
+        assert await store.verified(entry)
     assert not opened(seen, entry.body_path)
 
 
 @pytest.mark.parametrize("size", [100, SMALL_BODY_BYTES + 1], ids=["small", "large"])
-def test_a_corrupted_body_fails_verification_and_is_removed(
+async def test_a_corrupted_body_fails_verification_and_is_removed(
     store: Store, cache_dir: Path, size: int
 ) -> None:
     entry = publish(store, "k1", b"x" * size)
     flip_first_byte(entry.body_path)
     other = Store(cache_dir, MAX_SIZE)  # another process: it has hashed nothing yet
     try:
-        assert not other.verified(entry)
+        assert not await other.verified(entry)
         assert not entry.body_path.exists()
     finally:
         other.close()
 
 
-def test_verification_is_remembered_until_the_file_changes(store: Store, cache_dir: Path) -> None:
+async def test_verification_is_remembered_until_the_file_changes(
+    store: Store, cache_dir: Path
+) -> None:
     entry = publish(store, "k1", b"L" * (SMALL_BODY_BYTES + 1))
     other = Store(cache_dir, MAX_SIZE)
     try:
         with fsaudit.recording() as first:
-            assert other.verified(entry)
+            assert await other.verified(entry)
         assert opened(first, entry.body_path)
         with fsaudit.recording() as again:
-            assert other.verified(entry)
+            assert await other.verified(entry)
             other.touch(entry)  # a hit marks it used: still the same bytes
-            assert other.verified(entry)
+            assert await other.verified(entry)
         assert not opened(again, entry.body_path)
         stat = entry.body_path.stat()
         os.utime(entry.body_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
         with fsaudit.recording() as changed:
-            assert other.verified(entry)
+            assert await other.verified(entry)
         assert opened(changed, entry.body_path)
     finally:
         other.close()

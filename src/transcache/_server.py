@@ -33,10 +33,10 @@ from ._limits import ConnectionSlots, default_max_connections
 from ._protocol import Origin
 from ._rejections import LeafRejections
 from ._stats import ProxyStats
-from ._store import Store
 from ._tunnel import Tunnels
 from ._upstream import UpstreamPool
 from .cache import Cache
+from .store import Store
 
 log = logging.getLogger("transcache")
 

@@ -24,8 +24,8 @@ from ._paths import BUNDLE_NAME
 from ._reach import is_loopback_host, parse_destination
 from ._server import ProxyServer
 from ._stats import ProxyStats
-from ._store import Store
 from .install import doctor_pages
+from .store import Store
 
 # A tag goes into the proxy URL's user name as is: URL-unreserved characters only.
 TAG_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from . import _archive, _notify, _paths
+from . import _notify, _paths
 from ._ca import CAError, CertificateAuthority
 from ._config import (
     DEFAULT_MAX_SIZE,
@@ -37,7 +37,6 @@ from ._config import (
 from ._limits import BODY_RATE_WINDOW
 from ._policy import Rule, RuleAction
 from ._reach import Destination, parse_destination
-from ._store import Store
 from .api import RunningProxy, open_proxy
 from .install import doctor, execute, installer
 from .install import status as install_status
@@ -46,6 +45,7 @@ from .install.health import answers
 from .install.plan import InstallError, Manifest, describe, needs_root
 from .install.runner import CommandError, SubprocessRunner
 from .install.settings import Settings, manifest_path
+from .store import Counter, Store, archive, maintenance
 
 T = TypeVar("T")
 Number = TypeVar("Number", int, float)
@@ -54,18 +54,7 @@ Number = TypeVar("Number", int, float)
 EXIT_NOT_FOUND = 127
 
 # Counters `cache stats` shows, as the proxy records them in the store.
-STAT_COUNTERS = (
-    "hits",
-    "misses",
-    "revalidations",
-    "stored",
-    "bytes_from_cache",
-    "bytes_from_upstream",
-    "offline_misses",
-    "git_hits",
-    "git_misses",
-    "git_bytes_from_cache",
-)
+STAT_COUNTERS = tuple(Counter)
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -380,18 +369,18 @@ def _command_cache(args: argparse.Namespace) -> int:
         if args.cache_command == "stats":
             _print_stats(store, args.json)
         elif args.cache_command == "ls":
-            for entry in sorted(store.entries(), key=lambda e: e.url):
+            for entry in sorted(maintenance.entries(store), key=lambda e: e.url):
                 if fnmatch.fnmatchcase(entry.url, args.pattern):
                     stored = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry.response_time))
                     print(f"{entry.size:>12} {entry.status} {stored} {entry.url}")
         elif args.cache_command == "prune":
-            removed, freed = store.prune()
+            removed, freed = maintenance.prune(store)
             print(f"removed {removed} entries without a body, evicted {freed} bytes")
         elif args.cache_command == "clear":
-            store.clear()
+            maintenance.clear(store)
             print(f"cleared {args.cache_dir}")
         elif args.cache_command == "verify":
-            checked, corrupt = store.verify()
+            checked, corrupt = maintenance.verify(store)
             for path in corrupt:
                 print(f"removed corrupt body {path}")
             print(f"verified {checked} bodies, {len(corrupt)} corrupt")
@@ -442,10 +431,10 @@ def _add_cache_export_import(cache_commands: Any) -> None:
 def _command_cache_archive(store: Store, args: argparse.Namespace) -> int:
     try:
         if args.cache_command == "export":
-            result = _archive.export_archive(store, args.file, args.pattern, args.since)
+            result = archive.export_archive(store, args.file, args.pattern, args.since)
             verb, preposition = "exported", "to"
         else:
-            result = _archive.import_archive(store, args.file)
+            result = archive.import_archive(store, args.file)
             verb, preposition = "imported", "from"
     except tarfile.TarError as exc:
         print(f"transcache: {args.file}: not a cache archive: {exc}", file=sys.stderr)
@@ -460,7 +449,7 @@ def _command_cache_archive(store: Store, args: argparse.Namespace) -> int:
 
 
 def _print_stats(store: Store, as_json: bool) -> None:
-    stats = store.stats()
+    stats = maintenance.stats(store)
     counters = {name: stats.counters.get(name, 0) for name in STAT_COUNTERS}
     if as_json:
         print(json.dumps({"entries": stats.entries, "bytes": stats.bytes, **counters}))

@@ -28,7 +28,7 @@ from .._errors import (
 )
 from .._protocol import Headers
 from .._protocol import request_headers_for_upstream as upstream_fields
-from .._store import SMALL_BODY_BYTES, Entry, Store, now
+from ..store import Counter, Entry, Store, now
 from .decide import (
     Action,
     Decision,
@@ -124,11 +124,10 @@ class Cache:
 
     def _lookup_key(self, key: str, client_headers: Headers) -> Entry | None:
         assert self.store is not None
-        index = self.store.read_meta(key)
+        index = self.store.vary_index(key)
         if index is None:
             return None
-        fields = tuple(index.get("vary", ()))
-        return self.store.get(key + "\n" + policy.variant_key(fields, client_headers))
+        return self.store.get(key + "\n" + policy.variant_key(index.fields, client_headers))
 
     # -- decide, then do -----------------------------------------------------------------------
 
@@ -146,17 +145,17 @@ class Cache:
             return await self._miss(keyed, entry)
         if action is Action.FORWARD:
             return await self._forward(keyed, decision)
-        self._count("offline_misses")
+        self._count(Counter.OFFLINE_MISSES)
         cacheable = uncached_reason(keyed.view) is None
         where = "is not in the cache" if cacheable else "cannot be answered from the cache"
         raise OfflineMissError(f"offline mode: {keyed.request.url} {where}")
 
     def _hit(self, keyed: Keyed, entry: Entry, decision: Decision) -> StoredResponse:
         assert self.store is not None
-        self.store.count("hits")
+        self.store.count(Counter.HITS)
         if entry.kind == "git":
-            self.store.count("git_hits")
-            self.store.count("git_bytes_from_cache", entry.size)
+            self.store.count(Counter.GIT_HITS)
+            self.store.count(Counter.GIT_BYTES_FROM_CACHE, entry.size)
         self.store.touch(entry)
         status = cache_status(decision.outcome)
         head = stored_head(entry, keyed.request.headers, keyed.head_only, decision.age, status)
@@ -188,7 +187,7 @@ class Cache:
             )
         except UpstreamError as error:
             return self._stale_or_refuse(keyed, entry, error)
-        self.store.count("revalidations")
+        self.store.count(Counter.REVALIDATIONS)
         if response.status != 304:  # changed (or an error): a new response
             return await self.downloads.store_or_stream(keyed, response, request_time, None)
         while await response.read():  # no body; reading its end returns the connection
@@ -210,7 +209,7 @@ class Cache:
         if joined is Joined.AGAIN:
             return None
         if joined is not Joined.NOTHING:
-            self._count("misses")
+            self._count(Counter.MISSES)
             return joined
         pending = self.downloads.register(keyed.key)
         request_time = now()
@@ -241,7 +240,7 @@ class Cache:
         if decision.prefetch and not self.downloads.busy(keyed.key) and self._nursery is not None:
             self._nursery.start_soon(self._prefetch, keyed)
         if decision.outcome in (Outcome.MISS, Outcome.BYPASS):
-            self._count("misses")
+            self._count(Counter.MISSES)
         body = request.body if keyed.whole_body is None else replay(keyed.whole_body)
         response = await self.pool.request(
             request.origin,
@@ -285,10 +284,7 @@ class Cache:
         if not self.store.needs_hashing(entry):
             return answer
         try:
-            if entry.size <= SMALL_BODY_BYTES:
-                intact = self.store.verified(entry)
-            else:
-                intact = await trio.to_thread.run_sync(self.store.verified, entry)
+            intact = await self.store.verified(entry)
         except BaseException:
             await source.aclose()
             raise
@@ -297,6 +293,6 @@ class Cache:
             raise EntryGoneError(entry.key)
         return answer
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: Counter) -> None:
         if self.store is not None:
             self.store.count(name)

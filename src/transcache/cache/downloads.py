@@ -15,7 +15,7 @@ import trio
 
 from .. import _policy as policy
 from .._protocol import Headers, drop_connection_fields, header_value
-from .._store import BodyWriter, Store, now
+from ..store import BodyWriter, Counter, Store, now
 from .decide import Outcome, cache_status
 from .flight import Flight, FlightReader, State
 from .keys import Keyed
@@ -94,9 +94,9 @@ class Downloads:
         for it, or a new one), or pass it through when it may not or cannot be stored."""
         assert self.store is not None
         request = keyed.request
-        self.store.count("misses")
+        self.store.count(Counter.MISSES)
         if keyed.store_kind == "git":
-            self.store.count("git_misses")
+            self.store.count(Counter.GIT_MISSES)
         stored = stored_headers(response)
         key = keyed.key
         if keyed.store_kind == "http" and not policy.credential_partition(request.headers, stored):
@@ -166,16 +166,16 @@ class Downloads:
         assert store is not None
 
         async def publish(complete: BodyWriter) -> None:
-            await trio.to_thread.run_sync(complete.commit, {**fields, "response_time": now()})
-            store.write_meta(flight.key, {"key": flight.key, "vary": list(vary)})
-            store.count("stored")
+            await store.commit(complete, {**fields, "response_time": now()})
+            store.write_index(flight.key, vary)
+            store.count(Counter.STORED)
 
         try:
             received = await flight.run(response, writer, publish)
         finally:
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
-        store.count("bytes_from_upstream", received)
+        store.count(Counter.BYTES_FROM_UPSTREAM, received)
         if flight.state is State.PUBLISHED:
             await self._maybe_evict()
 
@@ -185,7 +185,7 @@ class Downloads:
             return
         self._evicting = True
         try:
-            freed = await trio.to_thread.run_sync(self.store.evict)
+            freed = await self.store.evict()
             log.info("evicted %d bytes to stay under %d", freed, self.store.max_size)
         except OSError as exc:
             log.warning("eviction failed: %s", exc)

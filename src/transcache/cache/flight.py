@@ -33,7 +33,7 @@ import trio
 from .._channel import READ_SIZE
 from .._errors import ProxyError, TranscacheError, UpstreamError
 from .._protocol import Headers
-from .._store import BodyWriter
+from ..store import BodyWriter
 from .sources import UpstreamAnswer
 
 log = logging.getLogger("transcache.cache")

@@ -12,8 +12,8 @@ from typing import Protocol
 from .._channel import READ_SIZE
 from .._errors import TranscacheError, UpstreamError
 from .._protocol import Headers, Origin
-from .._store import Entry, Store
 from .._upstream import BodyReader
+from ..store import Counter, Entry, Store
 from .decide import StoredHead
 
 
@@ -106,7 +106,7 @@ class StoredResponse:
 
     async def aclose(self) -> None:
         if self._served:
-            self._store.count("bytes_from_cache", self._served)
+            self._store.count(Counter.BYTES_FROM_CACHE, self._served)
             self._served = 0
         if self._fd >= 0:
             os.close(self._fd)

@@ -42,20 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ._store import (
-    FILE_MODE,
-    HASH_CHUNK,
-    LAYOUT,
-    Entry,
-    Store,
-    key_digest,
-    metadata_problem,
-    shard_path,
-)
+from .blobs import HASH_CHUNK
+from .layout import FILE_MODE, LAYOUT, Area, key_digest, member_name, shard_path
+from .maintenance import entries as stored_entries
+from .metadata import Entry, MetadataError, VaryIndex, parse_record
+from .store import Store
 
 # The archive names what it may hold; nothing else is ever written to disk.
 MEMBER = re.compile(
-    rf"{LAYOUT}/(?P<kind>blobs|meta)/(?P<a>[0-9a-f]{{2}})/(?P<b>[0-9a-f]{{2}})/"
+    rf"{LAYOUT}/(?P<area>{Area.BLOBS}|{Area.META})/(?P<a>[0-9a-f]{{2}})/(?P<b>[0-9a-f]{{2}})/"
     r"(?P<digest>[0-9a-f]{64})"
 )
 # Plain files only: no links, devices, or sparse members (whose size is not what is stored).
@@ -73,17 +68,13 @@ class ArchiveResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def _member_name(kind: str, digest: str) -> str:
-    return shard_path(Path(LAYOUT) / kind, digest).as_posix()
-
-
 # -- export ---------------------------------------------------------------------------------
 
 
 def select(store: Store, pattern: str = "*", since: float | None = None) -> list[Entry]:
     """The entries whose URL matches `pattern`, used (stored or hit) at or after `since`."""
     chosen = []
-    for entry in store.entries():
+    for entry in stored_entries(store):
         if not fnmatch.fnmatchcase(entry.url, pattern):
             continue
         if since is not None:
@@ -111,10 +102,10 @@ def export_archive(
                 e for e in select(store, pattern, since) if _add_body(tar, e, bodies, result)
             ]
             for entry in exported:
-                _add_bytes(tar, _member_name("meta", key_digest(entry.key)), entry.to_json())
+                _add_bytes(tar, member_name(Area.META, key_digest(entry.key)), entry.to_json())
                 result.entries += 1
-            for key, record in _index_records(store, exported).items():
-                _add_bytes(tar, _member_name("meta", key_digest(key)), record)
+            for index in _index_records(store, exported):
+                _add_bytes(tar, member_name(Area.META, key_digest(index.key)), index.to_json())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
@@ -130,7 +121,7 @@ def _add_body(tar: tarfile.TarFile, entry: Entry, added: set[str], result: Archi
     try:
         with entry.body_path.open("rb") as body:
             stat = os.fstat(body.fileno())
-            info = tarfile.TarInfo(_member_name("blobs", entry.digest))
+            info = tarfile.TarInfo(member_name(Area.BLOBS, entry.digest))
             info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), FILE_MODE
             tar.addfile(info, body)
     except OSError:
@@ -149,14 +140,10 @@ def _add_bytes(tar: tarfile.TarFile, name: str, record: dict[str, Any]) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _index_records(store: Store, entries: list[Entry]) -> dict[str, dict[str, Any]]:
+def _index_records(store: Store, entries: list[Entry]) -> list[VaryIndex]:
     """The Vary index records of the entries' keys."""
-    records: dict[str, dict[str, Any]] = {}
-    for primary in _primary_keys(e.key for e in entries):
-        data = store.read_meta(primary)
-        if data is not None and "digest" not in data and "vary" in data:
-            records[primary] = data
-    return records
+    found = (store.vary_index(primary) for primary in sorted(_primary_keys(e.key for e in entries)))
+    return [index for index in found if index is not None]
 
 
 def _primary_keys(keys: Iterable[str]) -> set[str]:
@@ -173,34 +160,38 @@ def import_archive(store: Store, path: Path) -> ArchiveResult:
     """Publish the archive's verified bodies and the entries whose bodies are present.
     Raises OSError (and tarfile.TarError) when the archive cannot be read at all."""
     result = ArchiveResult()
-    entries: dict[str, dict[str, Any]] = {}
-    records: dict[str, dict[str, Any]] = {}
+    entries: dict[str, Entry] = {}
+    records: dict[str, VaryIndex] = {}
     with tarfile.open(path, mode="r:gz") as tar:
-        for member, kind, digest in _cache_members(tar, result):
-            if kind == "meta":
-                _take_meta(tar, member, digest, entries, records, result)
+        for member, area, digest in _cache_members(tar, result):
+            if area is Area.META:
+                record = _take_meta(store, tar, member, digest, result)
+                if isinstance(record, Entry):
+                    entries[record.key] = record
+                elif record is not None:
+                    records[record.key] = record
     # Exports put bodies first, so the bodies are read in a second pass, once their metadata
     # has said which to expect and how large each is.
     sizes: dict[str, set[int]] = {}
-    for data in entries.values():
-        sizes.setdefault(data["digest"], set()).add(data["size"])
+    for entry in entries.values():
+        sizes.setdefault(entry.digest, set()).add(entry.size)
     with tarfile.open(path, mode="r:gz") as tar:
-        for member, kind, digest in _cache_members(tar, None):
-            if kind == "blobs":
+        for member, area, digest in _cache_members(tar, None):
+            if area is Area.BLOBS:
                 _import_body(store, tar, member, digest, sizes.get(digest, set()), result)
-    imported = [key for key, data in entries.items() if _import_entry(store, key, data, result)]
+    imported = [key for key, entry in entries.items() if _import_entry(store, entry, result)]
     result.entries = len(imported)
     wanted = _primary_keys(imported)
-    for key, data in records.items():
+    for key, index in records.items():
         if key in wanted:
-            store.write_meta(key, data)
+            store.write_index(key, index.fields)
     return result
 
 
 def _cache_members(
     tar: tarfile.TarFile, result: ArchiveResult | None
-) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
-    """The members that are cache files: (member, "blobs" or "meta", digest). The others
+) -> Iterator[tuple[tarfile.TarInfo, Area, str]]:
+    """The members that are cache files: (member, their area, digest). The others
     are reported as skipped in `result`, when given."""
     for member in tar:
         match = MEMBER.fullmatch(member.name)
@@ -208,7 +199,7 @@ def _cache_members(
             if result is not None:
                 result.skipped.append(f"{member.name}: not a cache file")
             continue
-        yield member, match["kind"], match["digest"]
+        yield member, Area(match["area"]), match["digest"]
 
 
 def _shard_matches(match: re.Match[str]) -> bool:
@@ -217,25 +208,23 @@ def _shard_matches(match: re.Match[str]) -> bool:
 
 
 def _take_meta(
+    store: Store,
     tar: tarfile.TarFile,
     member: tarfile.TarInfo,
     digest: str,
-    entries: dict[str, dict[str, Any]],
-    records: dict[str, dict[str, Any]],
     result: ArchiveResult,
-) -> None:
+) -> Entry | VaryIndex | None:
+    """The member's record, validated; None (and reported) when it is not usable."""
     source = tar.extractfile(member)
     data = None if source is None else _read_meta(source, member.size)
     if data is None or key_digest(data["key"]) != digest:
         result.skipped.append(f"{member.name}: metadata that does not match its name")
-        return
-    problem = metadata_problem(data)
-    if problem is not None:
-        result.skipped.append(f"{data.get('url', data['key'])}: malformed metadata ({problem})")
-    elif "digest" in data:
-        entries[data["key"]] = data
-    else:
-        records[data["key"]] = data
+        return None
+    try:
+        return parse_record(data, store.layout.blobs)
+    except MetadataError as exc:
+        result.skipped.append(f"{data.get('url', data['key'])}: malformed metadata ({exc})")
+        return None
 
 
 def _import_body(
@@ -247,7 +236,7 @@ def _import_body(
     result: ArchiveResult,
 ) -> None:
     size = member.size
-    if shard_path(store.blobs, digest).exists():
+    if shard_path(store.layout.blobs, digest).exists():
         return  # the same bytes are stored already
     problem = None
     if not declared:
@@ -256,7 +245,7 @@ def _import_body(
         problem = f"{size} bytes in the archive, but its entry says {min(declared)}"
     elif size > store.max_size:
         problem = f"{size} bytes, more than the cache's max size ({store.max_size})"
-    elif size > shutil.disk_usage(store.tmp).free:
+    elif size > shutil.disk_usage(store.layout.tmp).free:
         problem = f"{size} bytes, more than the free disk space"
     source = tar.extractfile(member)
     if problem is not None or source is None:
@@ -268,11 +257,12 @@ def _import_body(
         while left and (chunk := source.read(min(HASH_CHUNK, left))):
             writer.write(chunk)
             left -= len(chunk)
-        published = writer.written == size and writer.publish_if(digest)
+        blob = writer.finish_if(digest) if writer.written == size else None
     except BaseException:
         writer.abort()
         raise
-    if published:
+    if blob is not None:
+        store.add_blob(blob)
         result.bodies += 1
         result.bytes += size
     else:
@@ -290,21 +280,15 @@ def _read_meta(source: IO[bytes], size: int) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("key"), str) else None
 
 
-def _import_entry(store: Store, key: str, data: dict[str, Any], result: ArchiveResult) -> bool:
-    url = data.get("url", key)
-    if not shard_path(store.blobs, data["digest"]).exists():
-        result.skipped.append(f"{url}: its body is missing or corrupt")
+def _import_entry(store: Store, entry: Entry, result: ArchiveResult) -> bool:
+    if not entry.body_path.exists():
+        result.skipped.append(f"{entry.url}: its body is missing or corrupt")
         return False
-    current = store.get(key)
-    try:
-        imported_time = float(data["response_time"])
-    except (KeyError, TypeError, ValueError):
-        result.skipped.append(f"{url}: malformed metadata")
-        return False
-    if current is not None and current.response_time >= imported_time:
+    current = store.get(entry.key)
+    if current is not None and current.response_time >= entry.response_time:
         return True  # what the cache holds is as recent
-    store.write_meta(key, data)
-    if store.get(key) is None:  # wrong size or malformed: the store removed it
-        result.skipped.append(f"{url}: metadata that does not fit its body")
+    store.write_entry(entry)
+    if store.get(entry.key) is None:  # wrong size or malformed: the store removed it
+        result.skipped.append(f"{entry.url}: metadata that does not fit its body")
         return False
     return True

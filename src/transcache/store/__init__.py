@@ -1,0 +1,11 @@
+"""The on-disk cache store. Modules: `layout` (where files live, shared with archives),
+`metadata` (typed records, validated where read), `blobs` (bodies, eviction, and which
+thread owns what), `counters`, `store` (the `Store` the cache uses), `maintenance` (the
+`cache` commands) and `archive` (export and import)."""
+
+from .blobs import BodyWriter
+from .counters import Counter
+from .metadata import Entry, EntryKind, now
+from .store import Store
+
+__all__ = ["BodyWriter", "Counter", "Entry", "EntryKind", "Store", "now"]

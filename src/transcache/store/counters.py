@@ -1,0 +1,83 @@
+"""Counters of what the proxy did, kept in the store and shared by every process using it.
+
+Counts are added up in memory (`count`, owner thread only) and flushed to `v1/stats.json`
+under a file lock, so several processes sharing one cache dir never lose each other's counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+
+from .layout import FILE_MODE, Layout, replace_private
+
+log = logging.getLogger("transcache.store")
+
+
+class Counter(StrEnum):
+    """The counters, in the order `cache stats` shows them."""
+
+    HITS = "hits"
+    MISSES = "misses"
+    REVALIDATIONS = "revalidations"
+    STORED = "stored"
+    BYTES_FROM_CACHE = "bytes_from_cache"
+    BYTES_FROM_UPSTREAM = "bytes_from_upstream"
+    OFFLINE_MISSES = "offline_misses"
+    GIT_HITS = "git_hits"
+    GIT_MISSES = "git_misses"
+    GIT_BYTES_FROM_CACHE = "git_bytes_from_cache"
+
+
+class CounterBook:
+    def __init__(self, layout: Layout, tmp_dir: Path) -> None:
+        self._layout = layout
+        self._tmp_dir = tmp_dir
+        self._pending: dict[Counter, int] = {}
+
+    def count(self, name: Counter, amount: int = 1) -> None:
+        self._pending[name] = self._pending.get(name, 0) + amount
+
+    def flush(self) -> None:
+        """Add this process's counts to stats.json (under a lock: processes share it)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        try:
+            with self._locked() as counters:
+                for name, amount in pending.items():
+                    current = counters.get(name, 0)
+                    counters[name] = (current if isinstance(current, int) else 0) + amount
+        except OSError as exc:
+            log.warning("cannot update %s: %s", self._layout.stats, exc)
+
+    def read(self) -> dict[str, int]:
+        """Every process's flushed counts."""
+        self.flush()
+        return _load(self._layout.stats)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, int]]:
+        fd = os.open(self._layout.stats_lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            counters = _load(self._layout.stats)
+            yield counters
+            data = json.dumps(counters, sort_keys=True).encode()
+            replace_private(self._tmp_dir, self._layout.stats, data)
+        finally:
+            os.close(fd)
+
+
+def _load(path: Path) -> dict[str, int]:
+    try:
+        counters = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return counters if isinstance(counters, dict) else {}

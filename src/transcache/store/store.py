@@ -1,0 +1,284 @@
+"""The store: metadata records (see `metadata`) naming content-addressed bodies (see `blobs`).
+
+A body is published before the metadata naming it (temp file + rename for both), so a
+metadata file only ever names a complete, fsynced body; a crash leaves at worst a temp file
+(removed at the next start, once no live process holds its dir's lock) or metadata whose
+blob is gone (a miss, removed when seen). Renames are atomic, so several transcache processes
+can share one cache dir.
+
+Everything read back is checked before use: metadata is validated whole when read
+(`parse_record`), and a body is hashed once per process before its first use (`verified`).
+Every method here that can fail on storage degrades: lookups return None, writes raise
+OSError to the caller, which then passes the response through.
+
+Threads: a Store belongs to one owner thread (the trio thread in the proxy), which alone
+calls its methods and so alone changes its memory (metadata memo, small bodies, the blob
+ledger, counters). The async methods run their slow file work in a worker thread that
+returns values, and apply those on the owner thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .blobs import Blob, BlobLedger, BodyWriter, check_blob, evict_blobs, scan
+from .counters import Counter, CounterBook
+from .layout import (
+    Layout,
+    Signature,
+    TempDir,
+    make_private_dirs,
+    replace_private,
+    shard_path,
+    signature,
+)
+from .metadata import Entry, MetadataError, VaryIndex, parse_record
+
+log = logging.getLogger("transcache.store")
+
+# Memory kept to answer hits without re-reading: parsed metadata (checked against the file's
+# stat on every use), and the bytes of small bodies (content-addressed, so never stale).
+META_MEMO_ENTRIES = 20_000
+SMALL_BODY_BYTES = 64 * 1024
+SMALL_BODIES_TOTAL = 32 * 1024 * 1024
+TOUCH_INTERVAL = 60.0
+TOUCHED_ENTRIES = 100_000
+
+
+class Store:
+    def __init__(self, cache_dir: Path, max_size: int) -> None:
+        self.layout = Layout(cache_dir)
+        self.layout.create()
+        self._tmp = TempDir(self.layout.tmp)
+        self.ledger = BlobLedger(max_size, sum(blob.size for blob in scan(self.layout.blobs)))
+        self.counters = CounterBook(self.layout, self._tmp.path)
+        # key -> (its metadata file's signature, the record read from it)
+        self._memo: OrderedDict[str, tuple[Signature, Entry | VaryIndex]] = OrderedDict()
+        self._touched: dict[str, float] = {}
+        self._small_bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._small_bytes = 0
+
+    @property
+    def max_size(self) -> int:
+        return self.ledger.max_size
+
+    @property
+    def size(self) -> int:
+        return self.ledger.size
+
+    def close(self) -> None:
+        self.flush_counters()
+        self._tmp.close()
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        """The stored entry for `key`, if its metadata and body are both present."""
+        record = self._record(key)
+        return record if isinstance(record, Entry) else None
+
+    def vary_index(self, key: str) -> VaryIndex | None:
+        record = self._record(key)
+        return record if isinstance(record, VaryIndex) else None
+
+    def _record(self, key: str) -> Entry | VaryIndex | None:
+        path = self.layout.meta_file(key)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            self._memo.pop(key, None)
+            return None
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == signature(stat):
+            self._memo.move_to_end(key)
+            return memo[1]  # unchanged on disk since we last checked it whole
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("unreadable cache metadata %s (%s): treated as a miss", path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return None
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None  # a hash collision or a foreign file: not ours
+        try:
+            record = parse_record(data, self.layout.blobs)
+        except MetadataError as exc:
+            log.warning("cache metadata for %s has %s: removed", key, exc)
+            self.remove(key)
+            return None
+        if isinstance(record, Entry) and not self._body_present(record):
+            self.remove(key)
+            return None
+        self._memo[key] = (signature(stat), record)
+        if len(self._memo) > META_MEMO_ENTRIES:
+            self._memo.popitem(last=False)
+        return record
+
+    def _body_present(self, entry: Entry) -> bool:
+        try:
+            size = entry.body_path.stat().st_size
+        except OSError:
+            return False  # the body was evicted or lost
+        if size != entry.size:
+            log.warning("cached body %s has the wrong size: removed", entry.body_path)
+            return False
+        return True
+
+    def write_entry(self, entry: Entry) -> None:
+        self._write_record(entry.key, entry.to_json())
+
+    def write_index(self, key: str, fields: tuple[str, ...]) -> None:
+        self._write_record(key, VaryIndex(key, fields).to_json())
+
+    def update_headers(self, entry: Entry) -> None:
+        """Rewrite an entry's metadata (after a 304 refreshed it)."""
+        self.write_entry(entry)
+
+    def _write_record(self, key: str, data: dict[str, Any]) -> None:
+        path = self.layout.meta_path(key)
+        make_private_dirs(path.parent)
+        replace_private(self._tmp.path, path, json.dumps(data, separators=(",", ":")).encode())
+        self._memo.pop(key, None)
+
+    def remove(self, key: str) -> None:
+        self._memo.pop(key, None)
+        with contextlib.suppress(OSError):
+            self.layout.meta_path(key).unlink()
+
+    # -- bodies ------------------------------------------------------------------------------
+
+    def begin(self) -> BodyWriter:
+        return BodyWriter(self._tmp.path / f"body-{secrets.token_hex(8)}", self.layout.blobs)
+
+    async def commit(self, writer: BodyWriter, fields: Mapping[str, Any]) -> Entry:
+        """fsync and publish the body (in a worker thread), then its metadata. `fields` are
+        the entry's other fields. Raises OSError on failure."""
+        return self.publish(await trio.to_thread.run_sync(writer.finish), fields)
+
+    def publish(self, blob: Blob, fields: Mapping[str, Any]) -> Entry:
+        """Account for a finished body and write the metadata naming it."""
+        self.add_blob(blob)
+        path = shard_path(self.layout.blobs, blob.digest)
+        entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
+        self.write_entry(entry)
+        return entry
+
+    def add_blob(self, blob: Blob) -> None:
+        """Account for a finished body (the owner's half of publishing it)."""
+        self.ledger.added(blob)
+
+    def touch(self, entry: Entry) -> None:
+        """Mark the entry's body as recently used (LRU), at most once a minute per body:
+        eviction needs recency, not every hit's timestamp."""
+        now = time.monotonic()
+        if now - self._touched.get(entry.digest, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+            return
+        if len(self._touched) > TOUCHED_ENTRIES:
+            self._touched.clear()
+        self._touched[entry.digest] = now
+        with contextlib.suppress(OSError):
+            verified = self.ledger.is_verified(entry.digest, signature(entry.body_path.stat()))
+            os.utime(entry.body_path)
+            if verified:  # our own touch moved the mtime, not the bytes
+                self.ledger.remember(entry.digest, signature(entry.body_path.stat()))
+
+    def small_body(self, entry: Entry) -> bytes | None:
+        """The whole body of a small entry, from memory after its first read (bodies are
+        content-addressed, so a remembered one can never be out of date). None for large
+        bodies. Raises OSError when the body is gone."""
+        if entry.size > SMALL_BODY_BYTES:
+            return None
+        data = self._small_bodies.get(entry.digest)
+        if data is not None:
+            self._small_bodies.move_to_end(entry.digest)
+            return data
+        data = entry.body_path.read_bytes()
+        if len(data) != entry.size:
+            raise OSError(f"{entry.body_path} changed size")
+        if hashlib.sha256(data).hexdigest() != entry.digest:
+            self._discard_corrupt(entry)
+            raise OSError(f"{entry.body_path} is corrupt")
+        self._small_bodies[entry.digest] = data
+        self._small_bytes += len(data)
+        while self._small_bytes > SMALL_BODIES_TOTAL:
+            _, dropped = self._small_bodies.popitem(last=False)
+            self._small_bytes -= len(dropped)
+        return data
+
+    async def verified(self, entry: Entry) -> bool:
+        """Whether the entry's body is intact: its sha256 is its digest. Each version of a
+        blob file (inode, mtime, size) is hashed once per process; bodies this process stored
+        were hashed as they arrived. A corrupt body is removed (False). A large body is
+        hashed in a worker thread; `needs_hashing` says whether there is anything to do."""
+        if not self.needs_hashing(entry):
+            return True
+        if entry.size <= SMALL_BODY_BYTES:
+            try:
+                self.small_body(entry)  # hashes what it reads
+            except OSError:
+                return False
+            return True
+        check = (entry.body_path, entry.digest, entry.size)
+        try:
+            hashed = await trio.to_thread.run_sync(check_blob, *check)
+        except OSError:
+            return False
+        if hashed is None:
+            self._discard_corrupt(entry)
+            return False
+        self.ledger.remember(entry.digest, hashed)
+        return True
+
+    def needs_hashing(self, entry: Entry) -> bool:
+        """Whether `verified(entry)` would read the body, not just look it up (cheap)."""
+        if entry.digest in self._small_bodies:
+            return False  # hashed when it was read into memory
+        try:
+            return not self.ledger.is_verified(entry.digest, signature(os.stat(entry.body_path)))
+        except OSError:
+            return True  # gone: verified() finds out
+
+    def _discard_corrupt(self, entry: Entry) -> None:
+        log.warning("cached body %s is corrupt (its sha256 is not its name): removed", entry.url)
+        with contextlib.suppress(OSError):
+            entry.body_path.unlink()
+            self.ledger.removed(entry.size)
+        self.remove(entry.key)
+
+    async def evict(self, target: int | None = None) -> int:
+        """Delete least recently used bodies (in a worker thread) until the store holds at
+        most `target` bytes (default: 90% of max_size). Returns the bytes freed."""
+        added_before = self.ledger.added_total
+        goal = self.ledger.target() if target is None else target
+        eviction = await trio.to_thread.run_sync(evict_blobs, self.layout.blobs, goal)
+        # Bodies published meanwhile may have been missed by the scan: counting them again
+        # at worst evicts a little early; missing them could overfill the disk.
+        self.ledger.recount(eviction.remaining + self.ledger.added_total - added_before)
+        return eviction.freed
+
+    def over_limit(self) -> bool:
+        return self.ledger.over_limit()
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def count(self, name: Counter, amount: int = 1) -> None:
+        self.counters.count(name, amount)
+
+    def flush_counters(self) -> None:
+        self.counters.flush()
