@@ -95,12 +95,10 @@ class BodyWriter:
             return None
         path = shard_path(self._blobs, digest)
         make_private_dirs(path.parent)
-        if path.exists():
-            os.unlink(self.path)  # same bytes already stored
-            os.utime(path)
-            return Blob(digest, self.written, None)
-        os.replace(self.path, path)
-        return Blob(digest, self.written, signature(stat))
+        if _publish_new(self.path, path):
+            return Blob(digest, self.written, signature(stat))
+        os.utime(path)  # the same bytes were stored already (maybe a moment ago, by a twin)
+        return Blob(digest, self.written, None)
 
     def abort(self) -> None:
         if self._fd >= 0:
@@ -108,6 +106,26 @@ class BodyWriter:
             self._fd = -1
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def _publish_new(temp: Path, path: Path) -> bool:
+    """Move `temp` to `path` unless a blob is there already; True when this call created it.
+    A hard link is atomic about that (two writers of the same bytes at once: exactly one
+    creates the blob, so its size is counted once); where links are not supported, a rename
+    that may replace an identical blob."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        os.unlink(temp)
+        return False
+    except OSError:
+        if path.exists():
+            os.unlink(temp)
+            return False
+        os.replace(temp, path)
+        return True
+    os.unlink(temp)
+    return True
 
 
 def _sha256_of(fd: int) -> str:
