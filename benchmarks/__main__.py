@@ -3,7 +3,6 @@ workloads against the selected peers, print the tables and write them to a resul
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -17,15 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data, workloads
+from .options import ALL_PEERS, DEFAULT_REPEATS, SMOKE_PEERS, WORKLOAD_KEYS, parse_args, selects
 from .peers import PEERS, Peer, Transcache
 from .report import Column, Table, document
-from .upstream import SLOW_DELAY_MS, SLOW_RATE_MIB, Upstream
+from .upstream import Upstream
 from .workloads import Run, Sample, SkipWorkload
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_REPEATS = 3
-ALL_PEERS = ["direct", "transcache", "squid", "nginx-rc", "mitmproxy"]
-SMOKE_PEERS = ["direct", "transcache"]
 
 Measure = Callable[[Run, Peer, int], Sample]
 
@@ -57,7 +54,7 @@ def _pages_columns() -> list[Column]:
 
 @dataclass(frozen=True)
 class Workload:
-    key: str
+    key: str  # one of options.WORKLOAD_KEYS
     table: Callable[[], Table]
     measure: Measure
 
@@ -68,14 +65,14 @@ def _ignore_repeat(measure: Callable[[Run, Peer], Sample]) -> Measure:
 
 WORKLOADS: list[Workload] = [
     Workload(
-        "W1",
+        "W1a",
         lambda: Table(
             "W1a: uv pip install of the requirement set (seconds)", _cold_warm_columns("s", "s")
         ),
         _ignore_repeat(workloads.w1_install("uv")),
     ),
     Workload(
-        "W1",
+        "W1b",
         lambda: Table(
             "W1b: pip install of the requirement set (seconds)", _cold_warm_columns("s", "s")
         ),
@@ -96,14 +93,14 @@ WORKLOADS: list[Workload] = [
         _ignore_repeat(workloads.w2_big_file),
     ),
     Workload(
-        "W3",
+        "W3a",
         lambda: Table(
             "W3a: small pages, one keep-alive connection (curl, sequential)", _pages_columns()
         ),
         _ignore_repeat(workloads.w3_pages(parallel=False)),
     ),
     Workload(
-        "W3",
+        "W3b",
         lambda: Table(
             f"W3b: small pages, {workloads.PARALLEL} in parallel (curl --parallel)",
             _pages_columns(),
@@ -143,6 +140,9 @@ WORKLOADS: list[Workload] = [
         _ignore_repeat(workloads.w6_memory),
     ),
 ]
+
+# --workloads is checked (and documented) against options.WORKLOAD_KEYS: they must agree.
+assert tuple(w.key for w in WORKLOADS) == WORKLOAD_KEYS
 
 
 def _version(command: list[str]) -> str:
@@ -216,46 +216,6 @@ def _keep_logs(peer: Peer, output: Path, label: str) -> Path:
     return dest
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="one repetition instead of three")
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="seconds: tiny content, direct and transcache only, one repetition",
-    )
-    parser.add_argument(
-        "--slow",
-        action="store_true",
-        help=f"slow upstream: +{2 * SLOW_DELAY_MS} ms per round trip, "
-        f"{SLOW_RATE_MIB} MiB/s per connection",
-    )
-    parser.add_argument(
-        "--workloads", default="", help="comma-separated, e.g. W1,W3 (default: all)"
-    )
-    parser.add_argument("--peers", default="", help=f"comma-separated of {','.join(ALL_PEERS)}")
-    parser.add_argument(
-        "--repeats", type=int, default=0, help="repetitions (default 3; 1 with --quick)"
-    )
-    parser.add_argument(
-        "--output", type=Path, help="results file (default benchmarks/results/<time>.md)"
-    )
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="py-spy flame graphs of transcache per workload, next to the results file",
-    )
-    parser.add_argument(
-        "--transcache-ref",
-        metavar="REF",
-        help="run transcache as of this commit (default: the working tree)",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the scratch directory (logs, configs)"
-    )
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     peer_names = [p for p in args.peers.split(",") if p] or (
@@ -267,8 +227,7 @@ def main(argv: list[str]) -> int:
         return 2
     if "transcache" not in peer_names:
         peer_names.insert(0, "transcache")  # the ratios are to transcache
-    wanted = {w.upper() for w in args.workloads.split(",") if w}
-    selected = [w for w in WORKLOADS if not wanted or w.key in wanted]
+    selected = [w for w in WORKLOADS if selects(args.workloads, w.key)]
     repeats = args.repeats or (1 if args.quick or args.smoke else DEFAULT_REPEATS)
     dataset = data.SMOKE if args.smoke else data.FULL
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import trustme
+
+from transcache._launch import listening_url, run_command, server_environment
 
 from . import procs
 from .upstream import NAMES, NGINX, Upstream, nginx_common, nginx_temp_paths
@@ -107,7 +108,6 @@ class Transcache(Peer):
     written when the process stops)."""
 
     name = "transcache"
-    LISTENING = "transcache listening on "
 
     def __init__(self, upstream: Upstream, workdir: Path, hosts: list[str]) -> None:
         super().__init__(upstream, workdir, hosts)
@@ -119,25 +119,14 @@ class Transcache(Peer):
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "transcache",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--ca-dir",
-            str(self.workdir / "ca"),
-            "--cache-dir",
-            str(self.workdir / CACHE_DIR),
-            "--upstream-ca",
-            str(self.upstream.ca_pem),
-            "--access-log",
-            str(self.workdir / "access.log"),
-        ]
-        for host in self.hosts:
-            command += ["--resolve", f"{host}:{self.upstream.port}:127.0.0.1"]
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        command = run_command(
+            self.workdir / "ca",
+            self.workdir / CACHE_DIR,
+            upstream_ca=[self.upstream.ca_pem],
+            resolve={(host, self.upstream.port): "127.0.0.1" for host in self.hosts},
+            access_log=self.workdir / "access.log",
+        )
+        env = server_environment(os.environ)
         if self.source is not None:
             env["PYTHONPATH"] = str(self.source)
         stdout = self.workdir / "stdout.log"
@@ -154,11 +143,12 @@ class Transcache(Peer):
             )
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while time.monotonic() < deadline:
-            first = stdout.read_text().partition("\n")
-            if first[1]:
-                if not first[0].startswith(self.LISTENING):
+            first, newline, _ = stdout.read_text().partition("\n")
+            if newline:
+                url = listening_url(first)
+                if url is None:
                     break
-                self.port = int(first[0].rsplit(":", 1)[1])
+                self.port = int(url.rsplit(":", 1)[1])
                 self._start_profile()
                 return
             if self.process.poll() is not None:

@@ -21,11 +21,10 @@ import trustme
 
 from . import procs
 from .data import Content
+from .options import SLOW_DELAY_MS, SLOW_RATE_MIB
 
 NAMES = ("index.test", "files.test", "git.test")
 NEW_HOST_SUFFIX = "new.test"  # W5 mints a leaf for each <label>.new.test
-SLOW_DELAY_MS = 10  # each way: about 20 ms per round trip
-SLOW_RATE_MIB = 10  # nginx limit_rate per connection, MiB/s
 NGINX = "/usr/sbin/nginx"
 FCGIWRAP = "/usr/sbin/fcgiwrap"
 GIT_HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"

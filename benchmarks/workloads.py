@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from transcache._launch import ca_environment, proxy_environment
+
 from . import procs
 from .data import Content
 from .peers import Peer
@@ -68,7 +70,7 @@ def _tempdir(run: Run) -> Iterator[Path]:
 
 def client_env(peer: Peer, home: Path) -> dict[str, str]:
     """Nothing from this machine's configuration; the peer's CA and proxy; no client caches."""
-    ca = str(peer.client_ca)
+    ca = peer.client_ca
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
         "HOME": str(home),
@@ -77,25 +79,16 @@ def client_env(peer: Peer, home: Path) -> dict[str, str]:
         "PIP_NO_INPUT": "1",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PIP_NO_CACHE_DIR": "1",
+        "PIP_CERT": str(ca),
         "UV_NO_CONFIG": "1",
         "UV_NO_CACHE": "1",
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_TERMINAL_PROMPT": "0",
-        **{
-            name: ca
-            for name in (
-                "SSL_CERT_FILE",
-                "REQUESTS_CA_BUNDLE",
-                "CURL_CA_BUNDLE",
-                "GIT_SSL_CAINFO",
-                "PIP_CERT",
-            )
-        },
+        **ca_environment(ca, ca),
     }
     if peer.proxy_url:
-        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-            env[name] = peer.proxy_url
+        env.update(proxy_environment(peer.proxy_url))
     return env
 
 

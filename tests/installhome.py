@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from transcache._env import client_environment
+from transcache._launch import client_environment
 from transcache.install.installer import Machine
 
 TRANSCACHE = (sys.executable, "-m", "transcache")

@@ -12,16 +12,14 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from transcache._env import client_environment
+from transcache._launch import client_environment, listening_url, run_command, server_environment
 
-LISTENING_PREFIX = "transcache listening on "
 STOP_TIMEOUT = 15.0
 
 
@@ -57,27 +55,14 @@ class ProxyProcess:
         """Start `transcache run`; each (host, port) in `resolve` reaches 127.0.0.1.
         `fd_limit` is the (soft, hard) RLIMIT_NOFILE the proxy starts with."""
         workdir.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "transcache",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--ca-dir",
-            str(workdir / "ca"),
-            "--cache-dir",
-            str(workdir / "cache"),
-        ]
-        for path in upstream_ca:
-            command += ["--upstream-ca", str(path)]
-        for host, port in resolve:
-            command += ["--resolve", f"{host}:{port}:127.0.0.1"]
-        command += list(args)
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        # The proxy verifies origins against the system roots plus --upstream-ca only.
-        for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
-            env.pop(name, None)
+        command = run_command(
+            workdir / "ca",
+            workdir / "cache",
+            upstream_ca=upstream_ca,
+            resolve={name: "127.0.0.1" for name in resolve},
+            args=args,
+        )
+        env = server_environment(os.environ)
         log = (workdir / "proxy.log").open("ab")
         process = subprocess.Popen(
             command,
@@ -91,12 +76,13 @@ class ProxyProcess:
         log.close()
         assert process.stdout is not None
         line = process.stdout.readline()
-        if not line.startswith(LISTENING_PREFIX):
+        url = listening_url(line)
+        if url is None:
             process.kill()
             process.wait()
             log_text = (workdir / "proxy.log").read_text()
             raise RuntimeError(f"proxy did not start: {line!r}\n{log_text}")
-        return cls(process, line[len(LISTENING_PREFIX) :].strip(), workdir)
+        return cls(process, url, workdir)
 
     def env(self) -> dict[str, str]:
         """Proxy and CA variables for a client (both cases, as `transcache run` prints)."""

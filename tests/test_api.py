@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from transcache import Proxy, open_proxy
-from transcache.api import tagged_url
+from transcache._launch import tagged_url
 
 from .clients import CLIENT_TIMEOUT, curl, pip_download, run
 from .origin import Origin, client_env

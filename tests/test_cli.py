@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .proxyproc import LISTENING_PREFIX
+from transcache._launch import LISTENING_PREFIX
 
 TRANSCACHE = [sys.executable, "-m", "transcache"]
 

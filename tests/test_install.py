@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transcache._env import client_environment
+from transcache._launch import client_environment
 from transcache.install.apply import apply, undo
 from transcache.install.blocks import BEGIN_MARKER, END_MARKER, render_block
 from transcache.install.environment import npmrc_warnings

@@ -15,12 +15,13 @@ import pytest
 
 from transcache import Proxy
 from transcache._config import Config, ConfigError
+from transcache._launch import LISTENING_PREFIX
 from transcache._reach import IPAddress, address_refusal, is_loopback_host, parse_destination
 
 from .clients import curl
 from .conftest import StartProxy
 from .origin import Origin, client_env
-from .proxyproc import LISTENING_PREFIX, ProxyProcess
+from .proxyproc import ProxyProcess
 from .test_bad_input import exchange, status_of
 
 TRANSCACHE = [sys.executable, "-m", "transcache"]

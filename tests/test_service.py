@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from transcache import _notify
+from transcache._launch import LISTENING_PREFIX
 from transcache.install import launchd, systemd
 from transcache.install.apply import undo
 from transcache.install.installer import build_plan, install, prepare_ca
@@ -26,7 +27,6 @@ from transcache.install.settings import Settings, manifest_path
 
 from .clients import curl
 from .installhome import TRANSCACHE, Home, fake_machine, make_home
-from .proxyproc import LISTENING_PREFIX
 
 ENVIRONMENT_GENERATOR = Path(
     "/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator"

@@ -1,13 +1,15 @@
-"""One frozen configuration for a proxy. The CLI builds it from flags; the Python API from
-keyword arguments; defaults live here and nowhere else."""
+"""One frozen configuration for a proxy, and the one way to build it (`build_config`): the
+CLI from its flags, the Python API from keyword arguments and the pytest plugin from `transcache
+run` flags all pass options named as the flags, which override the config file's settings,
+which override the defaults. Defaults live here and nowhere else."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,9 @@ from ._errors import TranscacheError
 from ._policy import Rule, RuleAction
 from ._protocol import DEFAULT_PORTS
 from ._reach import Destination, parse_destination
+
+# Options whose values add up: the options' items first, then the config file's.
+LIST_OPTIONS = ("rules", "upstream_ca", "passthrough", "allow_destinations")
 
 DEFAULT_PORT = 8797
 DEFAULT_MAX_SIZE = 10 * 1024**3
@@ -110,6 +115,74 @@ def parse_resolve(spec: str) -> tuple[tuple[str, int], str]:
 
 class ConfigError(TranscacheError, ValueError):
     """A configuration file or value that cannot be used; the message says where and why."""
+
+
+def build_config(options: Mapping[str, Any], config_file: Path | None = None) -> Config:
+    """A Config from `options` over the settings in `config_file` (when given and present)
+    over the defaults. Options are named as the `transcache run` flags, snake_case, or as the
+    Config fields; None means "not given". Lists add up, the options' items first.
+
+    Values may take the forms a caller has at hand: `listen` "HOST:PORT" or (host, port);
+    `resolve` curl-style "HOST:PORT:ADDR" strings, ((host, port), addr) pairs or a mapping
+    {(host, port): addr}; paths as str; `upstream_ca` and `passthrough` one item or many;
+    `connect_ports` (added to 443 and 80) any iterable; `allow_destinations` addresses, CIDR
+    networks or host patterns. Raises ConfigError for a bad value, TypeError for an unknown
+    option."""
+    given = _normalised({name: value for name, value in options.items() if value is not None})
+    merged = load_config_file(config_file) if config_file is not None else {}
+    for name, value in given.items():
+        if name in LIST_OPTIONS:
+            merged[name] = (*value, *merged.get(name, ()))
+        elif name == "connect_ports":
+            merged[name] = value | merged.get(name, frozenset())
+        else:
+            merged[name] = value
+    unknown = set(merged) - {f.name for f in fields(Config)}
+    if unknown:
+        raise TypeError(f"unknown proxy options: {', '.join(sorted(unknown))}")
+    return Config(**merged)
+
+
+def _normalised(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` with each value in the form Config takes."""
+    try:
+        if "listen" in options:
+            listen = options.pop("listen")
+            host, port = parse_listen(listen) if isinstance(listen, str) else listen
+            options.setdefault("listen_host", host)
+            options.setdefault("listen_port", port)
+        if "resolve" in options:
+            options["resolve"] = _resolve_map(options["resolve"])
+        for name in ("ca_dir", "cache_dir"):
+            if name in options:
+                options[name] = Path(options[name]).absolute()
+        if "upstream_ca" in options:
+            options["upstream_ca"] = tuple(Path(p) for p in _as_tuple(options["upstream_ca"]))
+        if "passthrough" in options:
+            options["passthrough"] = _as_tuple(options["passthrough"])
+        if "rules" in options:
+            options["rules"] = tuple(options["rules"])
+        if "connect_ports" in options:
+            options["connect_ports"] = frozenset(int(p) for p in options["connect_ports"])
+        if "allow_destinations" in options:
+            options["allow_destinations"] = tuple(
+                parse_destination(str(spec)) for spec in _as_tuple(options["allow_destinations"])
+            )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return options
+
+
+def _resolve_map(
+    resolve: Mapping[tuple[str, int], str] | Iterable[str | tuple[tuple[str, int], str]],
+) -> dict[tuple[str, int], str]:
+    pairs = resolve.items() if isinstance(resolve, Mapping) else resolve
+    entries = (parse_resolve(pair) if isinstance(pair, str) else pair for pair in pairs)
+    return {(host.lower(), int(port)): address for (host, port), address in entries}
+
+
+def _as_tuple(value: str | Path | Iterable[Any]) -> tuple[Any, ...]:
+    return (value,) if isinstance(value, str | Path) else tuple(value)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)

@@ -5,73 +5,39 @@ environment a subprocess needs to go through the proxy."""
 from __future__ import annotations
 
 import logging
-import re
 import resource
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import trio
 
+from ._bundle import write_bundle
 from ._ca import CertificateAuthority
-from ._config import Config, ConfigError, parse_listen, parse_resolve
-from ._env import PROXY_VARIABLES, client_environment, write_bundle
+from ._config import Config, ConfigError, build_config
+from ._launch import client_environment, proxy_variable_names, tagged_url
 from ._paths import BUNDLE_NAME
-from ._reach import is_loopback_host, parse_destination
+from ._reach import is_loopback_host
 from ._server import ProxyServer
 from ._stats import ProxyStats
 from .install import doctor_pages
 from .store import Store
 
-# A tag goes into the proxy URL's user name as is: URL-unreserved characters only.
-TAG_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
+# Where an embedded proxy listens unless told: a free loopback port, not the service's.
+DEFAULT_LISTEN = "127.0.0.1:0"
 
 log = logging.getLogger("transcache")
 
 
-def make_config(**options: Any) -> Config:
-    """A Config from keyword options named as the `transcache run` flags (snake_case).
-
-    `resolve` takes curl-style "HOST:PORT:ADDR" strings or a mapping {(host, port): addr};
-    `listen` takes "HOST:PORT"; paths may be str; `connect_ports` adds to 443 (https) and 80
-    (http); `allow_destinations` takes addresses, CIDR networks or host patterns."""
-    known = {f.name for f in fields(Config)}
-    host, port = parse_listen(str(options.pop("listen", "127.0.0.1:0")))
-    options.setdefault("listen_host", host)
-    options.setdefault("listen_port", port)
-    resolve = options.pop("resolve", ())
-    if isinstance(resolve, Mapping):
-        options["resolve"] = {(h.lower(), int(p)): a for (h, p), a in resolve.items()}
-    else:
-        options["resolve"] = dict(parse_resolve(spec) for spec in resolve)
-    for name in ("ca_dir", "cache_dir"):
-        if name in options:
-            options[name] = Path(options[name]).absolute()
-    if "upstream_ca" in options:
-        options["upstream_ca"] = tuple(Path(p) for p in _as_tuple(options["upstream_ca"]))
-    if "passthrough" in options:
-        options["passthrough"] = tuple(_as_tuple(options["passthrough"]))
-    if "connect_ports" in options:
-        options["connect_ports"] = frozenset(options["connect_ports"])
-    if "allow_destinations" in options:
-        try:
-            options["allow_destinations"] = tuple(
-                parse_destination(str(spec)) for spec in _as_tuple(options["allow_destinations"])
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"unknown proxy options: {', '.join(sorted(unknown))}")
-    return Config(**options)
-
-
-def _as_tuple(value: str | Path | Iterable[Any]) -> tuple[Any, ...]:
-    return (value,) if isinstance(value, str | Path) else tuple(value)
+def embedded_config(options: dict[str, Any]) -> Config:
+    """A Config from `open_proxy`'s or `Proxy`'s keyword options (see `build_config`), on a
+    free loopback port unless `listen` says otherwise. No config file is read: an embedded
+    proxy is configured by its caller alone."""
+    return build_config({"listen": DEFAULT_LISTEN, **options})
 
 
 @dataclass(frozen=True)
@@ -97,20 +63,6 @@ class RunningProxy:
         clients send it as Proxy-Authorization, and the proxy counts their traffic under
         `stats().by_tag[tag]`. Tags are URL-unreserved characters: letters, digits, ``._~-``."""
         return {**self.env, **dict.fromkeys(proxy_variable_names(), tagged_url(self.url, tag))}
-
-
-def tagged_url(url: str, tag: str) -> str:
-    """The proxy URL with `tag` as its user name and an empty password (``TAG:@``): pip's
-    requests drops a user name that has no password at all."""
-    if TAG_PATTERN.fullmatch(tag) is None:
-        raise ValueError(f"a tag is letters, digits and ._~- only, got {tag!r}")
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{tag}:@{rest}"
-
-
-def proxy_variable_names() -> list[str]:
-    """HTTP_PROXY, HTTPS_PROXY and ALL_PROXY, in both cases."""
-    return [case(name) for name in PROXY_VARIABLES for case in (str.upper, str.lower)]
 
 
 def _start_ca(config: Config) -> tuple[CertificateAuthority, Path]:
@@ -183,11 +135,11 @@ async def open_proxy(
     **options: Any,
 ) -> AsyncIterator[RunningProxy]:
     """Serve a proxy for the duration of the block (trio). Pass a Config, or options as
-    `make_config` takes them; `listeners` (e.g. from socket activation) replace the listening
+    `embedded_config` takes them; `listeners` (e.g. from socket activation) replace the listening
     address. Raises OSError (unwrapped) when it cannot listen, and ConfigError when the
     address is beyond loopback (see `check_exposure`)."""
     if config is None:
-        config = make_config(**options)
+        config = embedded_config(options)
     elif options:
         raise TypeError("pass either a Config or keyword options, not both")
     check_exposure(config, listeners)
@@ -218,7 +170,7 @@ class Proxy:
     def __init__(self, config: Config | None = None, **options: Any) -> None:
         if config is not None and options:
             raise TypeError("pass either a Config or keyword options, not both")
-        self._config = config if config is not None else make_config(**options)
+        self._config = config if config is not None else embedded_config(options)
         self._thread: threading.Thread | None = None
         self._running: RunningProxy | None = None
         self._stats: ProxyStats | None = None

@@ -25,12 +25,16 @@ import hashlib
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ._config import Config, ConfigError
-from ._stats import Counters, ProxyStats
-from .api import Proxy, proxy_variable_names, tagged_url
+from ._launch import proxy_variable_names, tagged_url
+
+if TYPE_CHECKING:  # the proxy, and trio with it, load when a session first needs one
+    from ._stats import Counters, ProxyStats
+    from .api import Proxy
 
 PLUGIN_NAME = "transcache-session"
 TAG_PREFIX = "t"
@@ -82,20 +86,20 @@ def pytest_configure(config: pytest.Config) -> None:
 def proxy_config(config: pytest.Config) -> Config:
     """The proxy's Config from the ini option and the command line, as `transcache run`
     would build it from the same flags."""
-    from .cli import _config_from, build_parser  # the run flags' one definition
+    from .cli.run import config_from_flags  # the run flags' one definition
 
-    argv = ["run", *LISTEN_ANYWHERE, *config.getini("transcache_args")]
-    argv += config.getoption("transcache_arg")
+    flags = [*LISTEN_ANYWHERE, *config.getini("transcache_args")]
+    flags += config.getoption("transcache_arg")
     if config.getoption("transcache_dir") is not None:
-        argv += ["--cache-dir", str(config.getoption("transcache_dir"))]
+        flags += ["--cache-dir", str(config.getoption("transcache_dir"))]
     if config.getoption("transcache_offline"):
-        argv.append("--offline")
+        flags.append("--offline")
     try:
-        return _config_from(build_parser().parse_args(argv))
-    except SystemExit:  # argparse has printed what is wrong
-        raise pytest.UsageError(f"bad transcache flags: {argv[1:]}") from None
+        return config_from_flags(flags)
+    except SystemExit as exc:  # argparse has printed what is wrong
+        raise pytest.UsageError(f"bad transcache flags: {flags}") from exc
     except ConfigError as exc:
-        raise pytest.UsageError(f"transcache: {exc}") from None
+        raise pytest.UsageError(f"transcache: {exc}") from exc
 
 
 def tag_for(nodeid: str) -> str:
@@ -118,6 +122,8 @@ class SessionProxy:
 
     def start(self) -> Proxy:
         if self.proxy is None:
+            from .api import Proxy
+
             self.proxy = Proxy(proxy_config(self.config)).start()
             self.stats = self.proxy.stats()
         return self.proxy

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import _paths
+from .._bundle import write_bundle
 from .._ca import CertificateAuthority
-from .._env import write_bundle
 from . import environment, launchd, systemd, trust_darwin, trust_java, trust_linux, trust_nss
 from .apply import Outcome, apply, remove_empty_dirs, undo
 from .errors import InstallError
@@ -35,8 +35,6 @@ from .plan import Step, missing_dirs
 from .runner import Runner
 from .settings import Settings, manifest_path
 from .trust import TrustedCA, sudo
-
-TRUST_CHOICES = ("system", "nss", "java")
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from typing import Any
 
 from .. import _paths
 from .._config import DEFAULT_PORT
-from .._env import NO_PROXY, client_environment
+from .._launch import NO_PROXY, client_environment
 from .._paths import BUNDLE_NAME
 
 MANIFEST_NAME = "install.json"
+# What `install --trust` may add our CA to, besides the user's own stores.
+TRUST_CHOICES = ("system", "nss", "java")
 ENV_SH_NAME = "env.sh"
 
 

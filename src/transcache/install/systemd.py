@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import _paths
-from .._env import BUNDLE_VARIABLES, PROXY_VARIABLES
+from .._launch import BUNDLE_VARIABLES, PROXY_VARIABLES
 from .plan import RunCommands, Step, WriteFile
 from .settings import Settings
 from .templates import render

@@ -1,6 +1,6 @@
-"""What a client process needs to go through a proxy: the proxy variables, and CA variables
-pointing at a bundle of the system roots plus our CA (clients that replace their trust store
-with the bundle still reach passthrough hosts, which show the origin's own certificate)."""
+"""The CA bundle clients are pointed at: the system roots plus our CA (clients that replace
+their trust store with the bundle still reach passthrough hosts, which show the origin's own
+certificate)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,6 @@ SYSTEM_BUNDLES = (
     "/etc/ssl/ca-bundle.pem",
     "/etc/ssl/cert.pem",
 )
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-BUNDLE_VARIABLES = (
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "CARGO_HTTP_CAINFO",
-)
-NO_PROXY = "localhost,127.0.0.1,::1"
 
 
 def system_bundle() -> Path | None:
@@ -51,16 +42,3 @@ def write_bundle(path: Path, ca_pem: bytes) -> Path:
         os.unlink(tmp)
         raise
     return path
-
-
-def client_environment(proxy_url: str, bundle: Path, ca_cert: Path) -> dict[str, str]:
-    """Variables (both cases of the proxy ones) that send pip, uv, git, curl, cargo and npm
-    through the proxy and make them trust it."""
-    env: dict[str, str] = {}
-    for name in PROXY_VARIABLES:
-        env[name] = env[name.lower()] = proxy_url
-    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
-    for name in BUNDLE_VARIABLES:
-        env[name] = str(bundle)
-    env["NODE_EXTRA_CA_CERTS"] = str(ca_cert)
-    return env

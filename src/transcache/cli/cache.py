@@ -1,0 +1,190 @@
+"""`transcache cache ...`: inspect and maintain the cache directory."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._config import DEFAULT_MAX_SIZE, parse_size
+from ._options import EXIT_FAILURE, add_cache_dir, cli_value, existing_file
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ..store.archive import ArchiveResult
+    from ._options import Commands
+
+LS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+StoreCommand = Callable[["Store", argparse.Namespace], int]
+
+
+def add_parsers(commands: Commands) -> None:
+    cache = commands.add_parser("cache", help="inspect and maintain the cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    stats = cache_commands.add_parser("stats", help="entries, bytes, hits and misses")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=_on_store(_stats))
+    ls = cache_commands.add_parser("ls", help="list stored responses")
+    ls.add_argument("pattern", nargs="?", default="*", help="shell pattern on the URL")
+    ls.set_defaults(handler=_on_store(_ls))
+    prune = cache_commands.add_parser("prune", help="evict down to --max-size, drop orphans")
+    prune.add_argument(
+        "--max-size", type=cli_value(parse_size), default=DEFAULT_MAX_SIZE, metavar="SIZE"
+    )
+    prune.set_defaults(handler=_on_store(_prune))
+    clear = cache_commands.add_parser("clear", help="delete every stored response")
+    clear.set_defaults(handler=_on_store(_clear))
+    verify = cache_commands.add_parser("verify", help="re-hash every body; remove corrupt ones")
+    verify.set_defaults(handler=_on_store(_verify))
+    _add_export_import(cache_commands)
+    for sub in cache_commands.choices.values():
+        add_cache_dir(sub)
+
+
+def _add_export_import(cache_commands: Commands) -> None:
+    export = cache_commands.add_parser(
+        "export", help="write cached responses to a compressed archive (for CI caches)"
+    )
+    export.add_argument("file", type=Path, help="the archive to write (tar.gz)")
+    export.add_argument("pattern", nargs="?", default="*", help="shell pattern on the URL")
+    export.add_argument(
+        "--since",
+        type=_since,
+        metavar="TIME",
+        help="only entries stored or served since TIME (epoch seconds or ISO 8601), e.g. "
+        "the start of a CI run: the entries that run used",
+    )
+    export.set_defaults(handler=_on_store(_export))
+    import_ = cache_commands.add_parser(
+        "import", help="add an archive's responses to the cache, checking every body"
+    )
+    import_.add_argument("file", type=existing_file, help="an archive from `cache export`")
+    import_.set_defaults(handler=_on_store(_import))
+
+
+def _since(text: str) -> float:
+    """A time as seconds since the epoch, or ISO 8601 (UTC unless it names a zone)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds since the epoch or an ISO 8601 time, got {text!r}"
+        ) from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
+def _on_store(command: StoreCommand) -> Callable[[argparse.Namespace], int]:
+    """A handler that runs `command` on the store in --cache-dir, closed afterwards."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from ..store import Store
+
+        store = Store(args.cache_dir.absolute(), getattr(args, "max_size", DEFAULT_MAX_SIZE))
+        try:
+            return command(store, args)
+        finally:
+            store.close()
+
+    return handler
+
+
+def _stats(store: Store, args: argparse.Namespace) -> int:
+    from ..store import Counter, maintenance
+
+    stats = maintenance.stats(store)
+    # Every counter the proxy records, in the Counter enum's order.
+    counters = {str(name): stats.counters.get(name, 0) for name in Counter}
+    if args.json:
+        print(json.dumps({"entries": stats.entries, "bytes": stats.bytes, **counters}))
+        return 0
+    print(f"entries              {stats.entries}")
+    print(f"bytes stored         {stats.bytes}")
+    for name, value in counters.items():
+        print(f"{name.replace('_', ' '):<20} {value}")
+    return 0
+
+
+def _ls(store: Store, args: argparse.Namespace) -> int:
+    from ..store import maintenance
+
+    for entry in sorted(maintenance.entries(store), key=lambda e: e.url):
+        if fnmatch.fnmatchcase(entry.url, args.pattern):
+            stored = time.strftime(LS_TIME_FORMAT, time.gmtime(entry.response_time))
+            print(f"{entry.size:>12} {entry.status} {stored} {entry.url}")
+    return 0
+
+
+def _prune(store: Store, args: argparse.Namespace) -> int:
+    from ..store import maintenance
+
+    removed, freed = maintenance.prune(store)
+    print(f"removed {removed} entries without a body, evicted {freed} bytes")
+    return 0
+
+
+def _clear(store: Store, args: argparse.Namespace) -> int:
+    from ..store import maintenance
+
+    maintenance.clear(store)
+    print(f"cleared {args.cache_dir}")
+    return 0
+
+
+def _verify(store: Store, args: argparse.Namespace) -> int:
+    from ..store import maintenance
+
+    checked, corrupt = maintenance.verify(store)
+    for path in corrupt:
+        print(f"removed corrupt body {path}")
+    print(f"verified {checked} bodies, {len(corrupt)} corrupt")
+    return 1 if corrupt else 0
+
+
+def _export(store: Store, args: argparse.Namespace) -> int:
+    import tarfile
+
+    from ..store.archive import export_archive
+
+    try:
+        result = export_archive(store, args.file, args.pattern, args.since)
+    except tarfile.TarError as exc:
+        return _not_an_archive(args.file, exc)
+    _print_archive_result(result, "exported", f"to {args.file}")
+    return 0
+
+
+def _import(store: Store, args: argparse.Namespace) -> int:
+    import tarfile
+
+    from ..store.archive import import_archive
+
+    try:
+        result = import_archive(store, args.file)
+    except tarfile.TarError as exc:
+        return _not_an_archive(args.file, exc)
+    _print_archive_result(result, "imported", f"from {args.file}")
+    return 1 if result.skipped else 0
+
+
+def _not_an_archive(path: Path, error: Exception) -> int:
+    print(f"transcache: {path}: not a cache archive: {error}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _print_archive_result(result: ArchiveResult, verb: str, where: str) -> None:
+    for reason in result.skipped:
+        print(f"skipped {reason}")
+    print(f"{verb} {result.entries} entries ({result.bodies} bodies, {result.bytes} bytes) {where}")

@@ -1,0 +1,293 @@
+"""`transcache run`: the proxy in the foreground. Its options are also `exec`'s, and the
+pytest plugin's (`config_from_flags`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import _paths
+from .._config import (
+    DEFAULT_MAX_SIZE,
+    DEFAULT_PORT,
+    Config,
+    build_config,
+    parse_min_ttl,
+    parse_size,
+)
+from .._launch import listening_line
+from .._limits import BODY_RATE_WINDOW
+from .._policy import Rule, RuleAction
+from ._options import (
+    EXIT_FAILURE,
+    add_ca_dir,
+    add_cache_dir,
+    cli_value,
+    destination,
+    existing_file,
+    listen_address,
+    positive,
+    resolve_entry,
+)
+
+if TYPE_CHECKING:
+    from ..api import RunningProxy
+    from ._options import Commands
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def add_parsers(commands: Commands) -> None:
+    run = commands.add_parser("run", help="run the proxy in the foreground")
+    add_run_options(run)
+    run.set_defaults(handler=_command_run)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The proxy's options, shared by `run` and `exec`."""
+    parser.add_argument(
+        "--listen",
+        type=listen_address,
+        default=("127.0.0.1", DEFAULT_PORT),
+        metavar="HOST:PORT",
+        help=f"address to listen on; port 0 picks a free port (default: 127.0.0.1:{DEFAULT_PORT})",
+    )
+    add_ca_dir(parser)
+    add_cache_dir(parser)
+    parser.add_argument(
+        "--upstream-ca",
+        type=existing_file,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra CA certificates (PEM) trusted when verifying origins; repeatable",
+    )
+    parser.add_argument(
+        "--resolve",
+        type=resolve_entry,
+        action="append",
+        default=[],
+        metavar="HOST:PORT:ADDR",
+        help="connect to ADDR for HOST:PORT instead of resolving HOST (as curl); repeatable",
+    )
+    parser.add_argument(
+        "--passthrough",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="hosts (shell patterns) tunnelled without interception; repeatable",
+    )
+    parser.add_argument(
+        "--connect-port",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="ports origins may be reached on besides 443 (CONNECT, https) and 80 (http); "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--allow-destination",
+        type=destination,
+        action="append",
+        default=[],
+        metavar="CIDR_OR_HOST",
+        help="let the proxy reach these loopback, link-local or own addresses (an address, a "
+        "CIDR network or a host pattern); repeatable",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen beyond loopback although transcache has no authentication yet (isolated "
+        "networks only)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive(int),
+        metavar="N",
+        help="client connections served at once (default: from the open file limit)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=positive(float),
+        default=Config.header_timeout,
+        metavar="SECONDS",
+        help="time a client has to send a request head (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive(float),
+        metavar="SECONDS",
+        help=f"time a connection may wait between requests (default: {Config.idle_timeout:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=positive(float),
+        metavar="SECONDS",
+        help="longest pause in a request body before it is cut with 408 "
+        f"(default: {Config.body_timeout:g})",
+    )
+    parser.add_argument(
+        "--min-body-rate",
+        type=cli_value(parse_size),
+        metavar="BYTES",
+        help=f"slowest request body accepted, per second over {BODY_RATE_WINDOW:g} s, e.g. 1K; "
+        f"0 for none (default: {Config.min_body_rate // 1024}K)",
+    )
+    parser.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=Config.upstream_timeout,
+        metavar="SECONDS",
+        help="longest wait for an origin to answer or send more (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--access-log",
+        type=Path,
+        metavar="FILE",
+        help="append the access log to FILE instead of stderr",
+    )
+    _add_cache_options(parser)
+
+
+def _add_cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=_paths.default_config_file(),
+        metavar="FILE",
+        help="settings and freshness rules (TOML; default: %(default)s, if it exists)",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="answer only from the cache; a miss is a 504 naming the URL",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=cli_value(parse_size),
+        metavar="SIZE",
+        help=f"largest cache size, e.g. 500M or 20G (default: {DEFAULT_MAX_SIZE // 1024**3}G)",
+    )
+    parser.add_argument(
+        "--min-ttl",
+        type=cli_value(parse_min_ttl),
+        action="append",
+        default=[],
+        metavar="PATTERN=SECONDS",
+        help="URLs matching PATTERN stay fresh at least SECONDS; repeatable",
+    )
+    parser.add_argument(
+        "--immutable",
+        type=lambda pattern: Rule(pattern, RuleAction.IMMUTABLE),
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="URLs matching PATTERN are never revalidated once stored; repeatable",
+    )
+    parser.add_argument(
+        "--never-cache",
+        type=lambda pattern: Rule(pattern, RuleAction.NEVER),
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="URLs matching PATTERN are never stored; repeatable",
+    )
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """The Config that `run` (or `exec`) options and the config file they name ask for."""
+    options = {
+        "listen": args.listen,
+        "ca_dir": args.ca_dir,
+        "cache_dir": args.cache_dir,
+        "upstream_ca": args.upstream_ca,
+        "resolve": args.resolve,
+        "passthrough": args.passthrough,
+        "connect_ports": args.connect_port,
+        "allow_destinations": args.allow_destination,
+        "allow_unauthenticated": args.allow_unauthenticated,
+        "max_connections": args.max_connections,
+        "header_timeout": args.header_timeout,
+        "idle_timeout": args.idle_timeout,
+        "body_timeout": args.body_timeout,
+        "min_body_rate": args.min_body_rate,
+        "upstream_timeout": args.upstream_timeout,
+        "offline": args.offline,
+        "max_size": args.max_size,
+        "rules": [*args.min_ttl, *args.immutable, *args.never_cache],
+    }
+    return build_config(options, args.config)
+
+
+def config_from_flags(flags: Sequence[str]) -> Config:
+    """The Config `transcache run FLAGS` would serve with. Raises SystemExit when argparse
+    rejects a flag (it has printed why), ConfigError for a bad config file."""
+    parser = argparse.ArgumentParser(prog="transcache run")
+    add_run_options(parser)
+    return config_from(parser.parse_args(flags))
+
+
+def _setup_logging(access_log: Path | None) -> None:
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", TIME_FORMAT))
+    root = logging.getLogger("transcache")
+    root.addHandler(errors)
+    root.setLevel(logging.INFO)
+    access = logging.getLogger("transcache.access")
+    access.propagate = False
+    handler: logging.Handler = (
+        logging.FileHandler(access_log) if access_log else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", TIME_FORMAT))
+    access.addHandler(handler)
+
+
+def _print_start(running: RunningProxy) -> None:
+    print(listening_line(running.url))
+    print("# route clients through it (e.g. paste into your shell):")
+    for name, value in running.env.items():
+        print(f"export {name}={shlex.quote(value)}")
+    sys.stdout.flush()
+
+
+async def _serve(config: Config) -> None:
+    import trio
+
+    from .. import _notify
+    from ..api import open_proxy
+
+    # Signals are caught before the listening line is printed: whoever waits for that line
+    # may stop us right after it.
+    # Under socket activation the service manager's sockets replace --listen.
+    listeners = _notify.trio_listeners(_notify.inherited_sockets()) or None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_proxy(config, listeners=listeners) as running:
+            _print_start(running)
+            _notify.notify("READY=1")
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                logging.getLogger("transcache").info("%s received, stopping", name)
+                _notify.notify("STOPPING=1")
+                break
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    import trio
+
+    config = config_from(args)
+    _setup_logging(args.access_log)
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        host, port = args.listen
+        print(f"transcache: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
