@@ -18,9 +18,10 @@ MAX_PARAMETERS = 7
 # Feature packages the core (the modules at the top of the package, cache/ and store/) may
 # not import: they register into the core instead.
 FEATURES = ("transcache.install", "transcache.cli")
-# The front ends assemble the core with its features (the API registers install's doctor
+# The front ends (the CLI, the API, the pytest plugin) assemble the core with its features
+# (the API registers install's doctor
 # pages into the admin registry); they are not core.
-FRONT_ENDS = ("__main__.py", "cli.py", "api.py")
+FRONT_ENDS = ("__main__.py", "cli.py", "api.py", "pytest_plugin.py")
 CORE = [
     path
     for path in MODULES
