@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from transcache._rejections import program_name
 from transcache.install.doctor import rejection_findings
 from transcache.install.health import leaf_rejections
 
@@ -122,7 +123,7 @@ def test_a_rejecting_client_is_named_by_its_program(
     origin: Origin, proxy: ProxyProcess, origin_ca_pem: Path
 ) -> None:
     # This test's own process refuses the leaf and keeps its socket open, so the proxy can
-    # find the program behind it in /proc: pytest, run by Python.
+    # find the program behind it in /proc (pytest, or an xdist worker).
     context = ssl.create_default_context(cafile=str(origin_ca_pem))
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname="files.test")
@@ -138,8 +139,10 @@ def test_a_rejecting_client_is_named_by_its_program(
                     incoming.write(raw.recv(65536))
         raw.sendall(outgoing.read())  # the alert
         [warning] = proxy.log_lines("rejected the transcache certificate for files.test")
-    assert warning.split(" WARNING ", 1)[1].startswith("pytest (127.0.0.1:")
-    assert leaf_rejections(proxy.url)["files.test"]["clients"] == ["pytest"]
+    argv = [arg for arg in Path("/proc/self/cmdline").read_text().split("\0") if arg]
+    ours = program_name(argv)  # pytest, say
+    assert warning.split(" WARNING ", 1)[1].startswith(f"{ours} (127.0.0.1:")
+    assert leaf_rejections(proxy.url)["files.test"]["clients"] == [ours]
 
 
 def test_strict_x509_client_accepts_our_leaves(origin: Origin, proxy: ProxyProcess) -> None:
