@@ -161,7 +161,7 @@ def decode_request_body(body: bytes, content_encoding: str | None) -> bytes:
     try:
         decoded = decompressor.decompress(body, MAX_DECODED_BODY + 1)
     except zlib.error as error:
-        raise GitBodyError(f"bad gzip body: {error}") from None
+        raise GitBodyError(f"bad gzip body: {error}") from error
     if len(decoded) > MAX_DECODED_BODY:
         raise GitBodyError(f"gzip body decodes to more than {MAX_DECODED_BODY} bytes")
     if not decompressor.eof:

@@ -74,8 +74,8 @@ def parse_authority(authority: bytes, *, default_port: int | None = None) -> tup
     """Split ``host:port`` (``[v6]:port``) as found in a CONNECT target or a Host header."""
     try:
         text = authority.decode("ascii")
-    except UnicodeDecodeError:
-        raise BadRequestError("non-ASCII authority") from None
+    except UnicodeDecodeError as exc:
+        raise BadRequestError("non-ASCII authority") from exc
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
@@ -83,8 +83,8 @@ def parse_authority(authority: bytes, *, default_port: int | None = None) -> tup
         port_text = rest[1:] if rest else ""
         try:
             ipaddress.IPv6Address(host)
-        except ValueError:
-            raise BadRequestError(f"malformed IPv6 address {host!r}") from None
+        except ValueError as exc:
+            raise BadRequestError(f"malformed IPv6 address {host!r}") from exc
     else:
         host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
     if not port_text:
@@ -107,8 +107,8 @@ class Target:
 def parse_target(target: bytes) -> Target:
     try:
         text = target.decode("ascii")
-    except UnicodeDecodeError:
-        raise BadRequestError("non-ASCII request target") from None
+    except UnicodeDecodeError as exc:
+        raise BadRequestError("non-ASCII request target") from exc
     if text.startswith("/") or text == "*":
         return Target(None, text)
     try:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .._config import ConfigError
+from .._errors import TranscacheError
 from . import ca, cache, install, run
 from . import exec as exec_
 from ._options import EXIT_FAILURE, EXIT_USAGE
@@ -45,11 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _reported_in_one_line(error: Exception) -> bool:
-    """Whether `error` is a failure the user can act on from its message, rather than a bug
-    that needs its traceback. The error classes load only now: importing their modules up
-    front would load cryptography for every command."""
-    from .._ca import CAError
-    from ..install.plan import InstallError
-    from ..install.runner import CommandError
-
-    return isinstance(error, CAError | InstallError | CommandError | OSError)
+    """Whether `error` is a failure the user can act on from its message (transcache's own
+    errors, and the system's), rather than a bug that needs its traceback."""
+    return isinstance(error, TranscacheError | OSError)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .._errors import TranscacheError
 
-class InstallError(Exception):
-    pass
+
+class InstallError(TranscacheError):
+    """What install or uninstall cannot do; the message says what and why."""
 
 
 class RolledBackError(InstallError):

@@ -10,12 +10,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .._errors import TranscacheError
+
 COMMAND_TIMEOUT = 300.0
 
 Argv = tuple[str, ...]
 
 
-class CommandError(Exception):
+class CommandError(TranscacheError):
     """A command failed (non-zero exit, or it could not be started)."""
 
     def __init__(self, argv: Sequence[str], returncode: int, output: str) -> None:
