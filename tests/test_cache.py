@@ -100,13 +100,14 @@ def test_second_download_is_served_from_disk(
 def test_stale_entry_is_revalidated_with_a_conditional_request(
     origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
 ) -> None:
-    origin.add_file("/simple/pkg/", b"<html>index</html>", content_type="text/html")
-    url = origin.url("index.test", "/simple/pkg/")
+    # Not an index page (those get the index window): the client's max-age=0 revalidates.
+    origin.add_file("/docs/page.html", b"<html>index</html>", content_type="text/html")
+    url = origin.url("index.test", "/docs/page.html")
     fetch(proxied_env, url)
     status, headers, body = fetch(proxied_env, url, "--header", "Cache-Control: max-age=0")
     assert (status, body) == (200, b"<html>index</html>")
     assert headers["cache-status"] == "transcache; fwd=stale; fwd-status=304"
-    second = origin.requests_to("/simple/pkg/")[1]
+    second = origin.requests_to("/docs/page.html")[1]
     assert "if-none-match" in second.headers
     # Revalidations reuse the pooled upstream connection (pip revalidates every index page).
     for _ in range(3):
@@ -198,7 +199,7 @@ def test_json_and_html_variants_are_cached_apart(
         "--header",
         "User-Agent: another-client/2.0",
     )
-    assert body == b'{"json": true}' and headers["cache-status"] == "transcache; hit"
+    assert body == b'{"json": true}' and headers["cache-status"].startswith("transcache; hit")
     assert len(origin.requests_to("/simple/neg/")) == 2
 
 

@@ -257,3 +257,63 @@ def test_the_answer_from_a_stored_entry(
         assert headers[b"accept-ranges"] == b"bytes"
     if status == 206:
         assert headers[b"content-range"] == f"bytes {span[0]}-{span[0] + 2}/10".encode()
+
+
+# -- index pages: the window, stale-while-revalidate, strict reloads ------------------------------
+
+WINDOW = Rule("*", RuleAction.INDEX, 600.0, "pypi-project-page")
+HOUR, DAY = 3600.0, 86400.0
+
+
+def index_view(*lines: str, strict: bool = False) -> View:
+    return View(RequestKind.HTTP, b"GET", fields(*lines), False, strict)
+
+
+@pytest.mark.parametrize(
+    ("age", "lines", "strict", "expected", "refresh"),
+    [
+        (100, (), False, (A.HIT, Out.HIT), False),
+        # pip and uv send max-age=0 for every index page: ignored inside the window...
+        (100, ("Cache-Control: max-age=0",), False, (A.HIT, Out.HIT), False),
+        (100, ("Cache-Control: no-cache",), False, (A.HIT, Out.HIT), False),
+        # ...unless strict
+        (100, ("Cache-Control: max-age=0",), True, (A.REVALIDATE, Out.REVALIDATED), False),
+        # past the window: answered at once and refreshed behind, for up to a day
+        (700, (), False, (A.HIT, Out.STALE_WHILE_REVALIDATE), True),
+        (700, ("Cache-Control: max-age=0",), False, (A.HIT, Out.STALE_WHILE_REVALIDATE), True),
+        (600 + DAY - 1, (), False, (A.HIT, Out.STALE_WHILE_REVALIDATE), True),
+        (600 + DAY, (), False, (A.REVALIDATE, Out.REVALIDATED), False),
+        (700, ("Cache-Control: max-age=0",), True, (A.REVALIDATE, Out.REVALIDATED), False),
+    ],
+)
+def test_an_index_page_is_answered_in_its_window_then_refreshed_behind(
+    age: float,
+    lines: tuple[str, ...],
+    strict: bool,
+    expected: tuple[Action, Outcome],
+    refresh: bool,
+) -> None:
+    entry = stored(age=age)  # the registries as seen from here: no cache headers at all
+    decision = decide(index_view(*lines, strict=strict), entry, WINDOW, NOW, Mode.ONLINE)
+    assert (decision.action, decision.outcome, decision.refresh) == (*expected, refresh)
+    if decision.action is A.HIT:
+        assert decision.rule == "pypi-project-page"
+
+
+def test_an_index_page_its_origin_marks_no_cache_gets_no_window() -> None:
+    entry = stored("Cache-Control: no-cache", age=10)
+    decision = decide(index_view(), entry, WINDOW, NOW, Mode.ONLINE)
+    assert decision.action is A.REVALIDATE
+
+
+def test_an_index_page_whose_origin_says_longer_keeps_its_own_freshness() -> None:
+    entry = stored("Cache-Control: max-age=3600", age=700)
+    decision = decide(index_view("Cache-Control: max-age=0"), entry, WINDOW, NOW, Mode.ONLINE)
+    assert decision.action is A.REVALIDATE  # no window: the client's reload is honoured
+
+
+def test_cache_status_names_the_rule_that_answered() -> None:
+    window = cache_status(Out.HIT, rule="pypi-project-page")
+    assert window == b'transcache; hit; detail="pypi-project-page index-window"'
+    swr = cache_status(Out.STALE_WHILE_REVALIDATE, rule="npm-packument")
+    assert swr == b'transcache; hit; detail="npm-packument stale-while-revalidate"'

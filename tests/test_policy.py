@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import pytest
 
 from transcache._policy import (
-    DEFAULT_RULES,
     YEAR,
     Fwd,
     Rule,
@@ -25,6 +24,7 @@ from transcache._policy import (
     current_age,
     format_http_date,
     freshness_lifetime,
+    index_window,
     merge_not_modified,
     not_modified_for_client,
     not_modified_headers,
@@ -34,6 +34,7 @@ from transcache._policy import (
     primary_key,
     request_bypasses_cache,
     rule_for,
+    strict_reload,
     variant_key,
     vary_fields,
     without_conditionals,
@@ -363,29 +364,43 @@ def test_freshness_rules_raise_the_lifetime(
     assert freshness_lifetime(fields(DATE, *lines), rule) == lifetime
 
 
+INDEX = Rule("*", RuleAction.INDEX, 600.0, "pypi-project-page")
+
+
 @pytest.mark.parametrize(
-    ("url", "expected"),
+    ("lines", "window"),
     [
-        ("https://files.test/packages/pkg-1.0-py3-none-any.whl", DEFAULT_RULES[0]),
-        ("https://files.test/packages/pkg-1.0-py3-none-any.whl.metadata", DEFAULT_RULES[1]),
-        ("https://registry.test/pkg/-/pkg-1.0.0.tgz", DEFAULT_RULES[2]),
-        ("https://crates.test/api/v1/crates/pkg/1.0.0/pkg-1.0.0.crate", DEFAULT_RULES[3]),
-        ("https://files.test/simple/pkg/", None),
-        ("https://files.test/pkg-1.0.tar.gz", None),
+        ((), 600.0),  # the registries as seen from here: no cache headers at all
+        (("Cache-Control: max-age=0",), 600.0),
+        (("Cache-Control: public, max-age=600",), 600.0),
+        (("Cache-Control: max-age=3600",), None),  # the origin says more: it wins
+        (("Expires: Tue, 14 Nov 2023 23:13:20 GMT",), None),  # an hour after DATE
+        (("Cache-Control: no-cache",), None),
+        (("Cache-Control: max-age=60, must-revalidate",), None),
+        (("Cache-Control: private",), None),
+        (("Cache-Control: no-store",), None),
     ],
 )
-def test_default_rules_mark_artifact_urls_immutable(url: str, expected: Rule | None) -> None:
-    assert rule_for(url, DEFAULT_RULES) == expected
+def test_an_index_page_gets_the_window_unless_its_origin_says_otherwise(
+    lines: tuple[str, ...], window: float | None
+) -> None:
+    headers = fields(DATE, *lines)
+    assert index_window(headers, INDEX) == window
+    if window is not None:
+        assert freshness_lifetime(headers, INDEX) == window
 
 
-def test_user_rules_come_before_the_defaults() -> None:
-    never = Rule("https://files.test/*", RuleAction.NEVER)
-    url = "https://files.test/pkg-1.0-py3-none-any.whl"
-    assert rule_for(url, (never, *DEFAULT_RULES)) is never
-    assert (
-        rule_for("https://other.test/pkg-1.0-py3-none-any.whl", (never, *DEFAULT_RULES))
-        == (DEFAULT_RULES[0])
-    )
+def test_the_window_is_only_for_index_rules() -> None:
+    assert index_window(fields(DATE), None) is None
+    assert index_window(fields(DATE), Rule("*", RuleAction.MIN_TTL, 600.0)) is None
+
+
+def test_a_strict_reload_rule_marks_without_deciding_freshness() -> None:
+    strict = Rule("https://index.test/*", RuleAction.STRICT_RELOAD)
+    never = Rule("*", RuleAction.NEVER)
+    assert rule_for("https://index.test/simple/pkg/", (strict, never)) is never
+    assert strict_reload("https://index.test/simple/pkg/", (strict, never))
+    assert not strict_reload("https://other.test/simple/pkg/", (strict, never))
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from ._reach import Destination, parse_destination
 LIST_OPTIONS = ("rules", "upstream_ca", "passthrough", "allow_destinations")
 
 DEFAULT_PORT = 8797
+# What PyPI's own CDN uses for project pages.
+DEFAULT_INDEX_TTL = 600.0
 DEFAULT_MAX_SIZE = 10 * 1024**3
 
 
@@ -67,8 +69,13 @@ class Config:
     max_size: int = DEFAULT_MAX_SIZE
     # Answer only from the cache: a miss is a 504 naming the URL.
     offline: bool = False
-    # Freshness rules, tried in order before the built-in URL-shape defaults.
+    # Freshness rules, tried in order before the built-in registry shapes (_registries).
     rules: tuple[Rule, ...] = ()
+    # Seconds an index page (a project page, a packument, a Release file) stays fresh when
+    # its origin says less or nothing; past it, stale-while-revalidate (docs/caching.md).
+    index_ttl: float = DEFAULT_INDEX_TTL
+    # Honour a client's reload (max-age=0, no-cache) even inside the index window.
+    strict_client_reload: bool = False
 
     def is_passthrough(self, host: str) -> bool:
         return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in self.passthrough)
@@ -210,8 +217,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
     Keys: max_size ("10G"), offline (bool), passthrough, upstream_ca, connect_ports,
     allow_destinations (lists), max_connections, idle_timeout, body_timeout (numbers),
-    min_body_rate ("1K"), and [[rule]] tables with `url` plus one of `min_ttl = SECONDS`,
-    `immutable = true`, `never = true`."""
+    min_body_rate ("1K"), index_ttl (seconds), strict_client_reload (bool), and [[rule]]
+    tables with `url` plus one of `min_ttl = SECONDS`, `index_ttl = SECONDS`,
+    `immutable = true`, `never = true`, `strict_client_reload = true`."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -239,6 +247,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 options[key] = float(value)
             elif key == "min_body_rate":
                 options["min_body_rate"] = parse_size(str(value))
+            elif key == "index_ttl":
+                options["index_ttl"] = float(value)
+            elif key == "strict_client_reload":
+                options["strict_client_reload"] = bool(value)
             elif key == "rule":
                 options["rules"] = tuple(_rule_from_table(table) for table in value)
             else:
@@ -258,4 +270,11 @@ def _rule_from_table(table: Mapping[str, Any]) -> Rule:
         return Rule(url, RuleAction.IMMUTABLE)
     if "min_ttl" in table:
         return Rule(url, RuleAction.MIN_TTL, float(table["min_ttl"]))
-    raise ConfigError(f"rule for {url!r} needs min_ttl, immutable = true or never = true")
+    if "index_ttl" in table:
+        return Rule(url, RuleAction.INDEX, float(table["index_ttl"]), "rule")
+    if table.get("strict_client_reload"):
+        return Rule(url, RuleAction.STRICT_RELOAD)
+    raise ConfigError(
+        f"rule for {url!r} needs min_ttl, index_ttl, immutable = true, never = true or "
+        "strict_client_reload = true"
+    )

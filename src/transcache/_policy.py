@@ -46,36 +46,61 @@ class RuleAction(Enum):
     MIN_TTL = "min-ttl"
     IMMUTABLE = "immutable"
     NEVER = "never"
+    # An index page (a registry's list of what exists): fresh for `ttl` (the index window)
+    # where the origin says less or nothing, then stale-while-revalidate.
+    INDEX = "index"
+    # Only changes how a client's reload is treated (strict RFC); freshness as usual.
+    STRICT_RELOAD = "strict-reload"
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A freshness rule: URLs matching `pattern` (shell-style, whole URL) get `action`."""
+    """A freshness rule: URLs matching `pattern` (shell-style, whole URL) get `action`.
+    `source` names where a rule came from (a registry convention), for Cache-Status."""
 
     pattern: str
     action: RuleAction
     ttl: float = 0.0
+    source: str = ""
 
     def matches(self, url: str) -> bool:
         return fnmatch.fnmatchcase(url, self.pattern)
 
 
-# URL shapes that name one immutable artifact, whatever the host: wheels and their PEP 658
-# metadata, npm tarballs, crate downloads. Users override them with rules of their own.
-DEFAULT_RULES = (
-    Rule("*.whl", RuleAction.IMMUTABLE),
-    Rule("*.whl.metadata", RuleAction.IMMUTABLE),
-    Rule("*/-/*.tgz", RuleAction.IMMUTABLE),
-    Rule("*.crate", RuleAction.IMMUTABLE),
-)
+# How long past its index window an index page is still served at once while it is refreshed
+# in the background (RFC 5861 stale-while-revalidate); past that, a client waits.
+STALE_WHILE_REVALIDATE_LIMIT = 24 * 3600.0
+# Stored-response directives that keep an index page out of its window: the origin asked for
+# revalidation or for no shared storage.
+_UNWINDOWED = ("no-store", "no-cache", "must-revalidate", "private")
 
 
 def rule_for(url: str, rules: tuple[Rule, ...]) -> Rule | None:
-    """The first matching rule; user rules come before the defaults."""
+    """The first matching rule that decides freshness (a strict-reload rule only marks)."""
     for rule in rules:
-        if rule.matches(url):
+        if rule.action is not RuleAction.STRICT_RELOAD and rule.matches(url):
             return rule
     return None
+
+
+def strict_reload(url: str, rules: tuple[Rule, ...]) -> bool:
+    """Whether a client's reload of `url` is honoured strictly even inside an index window."""
+    return any(r.action is RuleAction.STRICT_RELOAD and r.matches(url) for r in rules)
+
+
+def index_window(response_headers: Headers, rule: Rule | None) -> float | None:
+    """The index window that applies to this stored response, or None: only under an INDEX
+    rule, only where the origin gave no explicit freshness or at most as long as the window,
+    and never to a response marked no-store, no-cache, must-revalidate or private."""
+    if rule is None or rule.action is not RuleAction.INDEX:
+        return None
+    cc = parse_cache_control(response_headers)
+    if any(name in cc for name in _UNWINDOWED):
+        return None
+    explicit = _explicit_lifetime(cc, response_headers)
+    if explicit is not None and explicit > rule.ttl:
+        return None
+    return rule.ttl
 
 
 def parse_cache_control(headers: Headers) -> dict[str, str | None]:
@@ -227,14 +252,8 @@ def freshness_lifetime(response_headers: Headers, rule: Rule | None) -> float:
     lifetime: float
     if "no-cache" in cc:
         lifetime = 0.0
-    elif (value := _seconds(cc.get("s-maxage"))) is not None:
-        lifetime = value
-    elif (value := _seconds(cc.get("max-age"))) is not None:
-        lifetime = value
-    elif (expires := header_value(response_headers, b"expires")) is not None:
-        expiry = parse_http_date(expires)
-        date = parse_http_date(header_value(response_headers, b"date"))
-        lifetime = max(0.0, expiry - date) if expiry is not None and date is not None else 0.0
+    elif (explicit := _explicit_lifetime(cc, response_headers)) is not None:
+        lifetime = explicit
     else:
         date = parse_http_date(header_value(response_headers, b"date"))
         modified = parse_http_date(header_value(response_headers, b"last-modified"))
@@ -243,7 +262,22 @@ def freshness_lifetime(response_headers: Headers, rule: Rule | None) -> float:
             lifetime = min(HEURISTIC_MAX, (date - modified) * HEURISTIC_FRACTION)
     if rule is not None and rule.action is RuleAction.MIN_TTL:
         lifetime = max(lifetime, rule.ttl)
+    if (window := index_window(response_headers, rule)) is not None:
+        lifetime = max(lifetime, window)
     return lifetime
+
+
+def _explicit_lifetime(cc: dict[str, str | None], response_headers: Headers) -> float | None:
+    """The freshness the origin stated (s-maxage, max-age, Expires), or None."""
+    if (value := _seconds(cc.get("s-maxage"))) is not None:
+        return value
+    if (value := _seconds(cc.get("max-age"))) is not None:
+        return value
+    if (expires := header_value(response_headers, b"expires")) is not None:
+        expiry = parse_http_date(expires)
+        date = parse_http_date(header_value(response_headers, b"date"))
+        return max(0.0, expiry - date) if expiry is not None and date is not None else 0.0
+    return None
 
 
 def current_age(

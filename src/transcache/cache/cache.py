@@ -41,9 +41,9 @@ from .decide import (
     stored_head,
     uncached_reason,
 )
-from .downloads import Downloads, Joined, stored_headers
+from .downloads import Clock, Downloads, Joined, stored_headers
 from .flight import State
-from .keys import CacheRequest, Keyed, classify, replay
+from .keys import CacheRequest, Freshness, Keyed, classify, replay
 from .sources import EntryGoneError, PassThrough, ResponseSource, StoredResponse, Upstream
 
 log = logging.getLogger("transcache.cache")
@@ -58,16 +58,20 @@ Answer = tuple[ResponseSource, Outcome]
 
 
 class Cache:
-    def __init__(self, config: Config, store: Store | None, pool: Upstream) -> None:
+    def __init__(
+        self, config: Config, store: Store | None, pool: Upstream, clock: Clock = now
+    ) -> None:
         self.config = config
         self.store = store
         self.pool = pool
-        self.rules = (*config.rules, *policy.DEFAULT_RULES)
+        self.freshness = Freshness(config.rules, config.index_ttl, config.strict_client_reload)
         if config.offline:
             self.mode = Mode.OFFLINE
         else:
             self.mode = Mode.ONLINE if store is not None else Mode.PASS_THROUGH
-        self._downloads = Downloads(store) if store is not None else None
+        self.clock = clock
+        self._downloads = Downloads(store, clock) if store is not None else None
+        self._refreshing: set[str] = set()  # keys revalidated in the background now
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -97,7 +101,7 @@ class Cache:
     async def respond(self, request: CacheRequest) -> Answer:
         """What the client gets, and what happened. Raises ProxyError for the answers the
         server turns into an error status (offline misses, upstream failures)."""
-        keyed = await classify(request, self.mode, self.rules)
+        keyed = await classify(request, self.mode, self.freshness)
         for _ in range(LOOKUP_ATTEMPTS):
             try:
                 answer = await self._respond_once(keyed)
@@ -133,14 +137,16 @@ class Cache:
 
     async def _respond_once(self, keyed: Keyed) -> Answer | None:
         entry = self._lookup(keyed)
-        decision = decide(keyed.view, entry, keyed.rule, now(), self.mode)
+        decision = decide(keyed.view, entry, keyed.rule, self.clock(), self.mode)
         action = decision.action
         if action is Action.HIT:
             assert entry is not None
+            if decision.refresh:
+                self._refresh_behind(keyed, entry)
             return self._hit(keyed, entry, decision), decision.outcome
         if action is Action.REVALIDATE:
             assert entry is not None
-            return await self._revalidate(keyed, entry, decision)
+            return await self._revalidate(keyed, entry)
         if action is Action.MISS:
             return await self._miss(keyed, entry)
         if action is Action.FORWARD:
@@ -157,14 +163,14 @@ class Cache:
             self.store.count(Counter.GIT_HITS)
             self.store.count(Counter.GIT_BYTES_FROM_CACHE, entry.size)
         self.store.touch(entry)
-        status = cache_status(decision.outcome)
+        status = cache_status(decision.outcome, rule=decision.rule)
         head = stored_head(entry, keyed.request.headers, keyed.head_only, decision.age, status)
         return StoredResponse(head, entry, self.store)
 
     def _stale_or_refuse(self, keyed: Keyed, entry: Entry | None, error: UpstreamError) -> Answer:
         """The origin failed while it was needed: a stale answer where allowed, else the
         error, or a 504 naming what forbids a stale answer."""
-        decision = decide(keyed.view, entry, keyed.rule, now(), self.mode, failure_of(error))
+        decision = decide(keyed.view, entry, keyed.rule, self.clock(), self.mode, failure_of(error))
         if decision.action is Action.STALE:
             assert entry is not None
             log.warning("%s: serving stale copy: %s", keyed.request.url, error)
@@ -176,11 +182,11 @@ class Cache:
             f"copy may not be served without it ({decision.why})"
         ) from error
 
-    async def _revalidate(self, keyed: Keyed, entry: Entry, decision: Decision) -> Answer:
+    async def _revalidate(self, keyed: Keyed, entry: Entry) -> Answer:
         assert self.store is not None
         request = keyed.request
         headers = self._upstream_headers(request, policy.conditional_headers(entry.headers))
-        request_time = now()
+        request_time = self.clock()
         try:
             response = await self.pool.request(
                 request.origin, b"GET", request.path.encode(), headers, None
@@ -192,8 +198,10 @@ class Cache:
             return await self.downloads.store_or_stream(keyed, response, request_time, None)
         while await response.read():  # no body; reading its end returns the connection
             pass
-        entry.headers = policy.merge_not_modified(entry.headers, stored_headers(response))
-        entry.request_time, entry.response_time = request_time, now()
+        entry.headers = policy.merge_not_modified(
+            entry.headers, stored_headers(response, self.clock())
+        )
+        entry.request_time, entry.response_time = request_time, self.clock()
         try:
             self.store.update_headers(entry)
         except OSError as exc:
@@ -212,7 +220,7 @@ class Cache:
             self._count(Counter.MISSES)
             return joined
         pending = self.downloads.register(keyed.key)
-        request_time = now()
+        request_time = self.clock()
         headers = self._upstream_headers(request, [])
         try:
             try:
@@ -254,6 +262,23 @@ class Cache:
             status = cache_status(decision.outcome, response.status, uncached=decision.why)
             extra = [(b"Cache-Status", status)]
         return PassThrough(response, extra), decision.outcome
+
+    def _refresh_behind(self, keyed: Keyed, entry: Entry) -> None:
+        """Revalidate an index page past its window in the background, once per key at a
+        time; the client has its answer already (stale-while-revalidate)."""
+        if keyed.key in self._refreshing or self._nursery is None:
+            return
+        self._refreshing.add(keyed.key)
+        self._nursery.start_soon(self._refresh, keyed, entry)
+
+    async def _refresh(self, keyed: Keyed, entry: Entry) -> None:
+        try:
+            source, _ = await self._revalidate(keyed, entry)
+            await source.aclose()  # a new body goes on downloading into the store
+        except ProxyError as error:
+            log.info("%s: background refresh failed: %s", keyed.request.url, error)
+        finally:
+            self._refreshing.discard(keyed.key)
 
     async def _prefetch(self, keyed: Keyed) -> None:
         """Fetch the whole resource into the cache with no client waiting on it."""

@@ -64,6 +64,7 @@ class Outcome(enum.Enum):
     """What happened, in one word: the access log's last field and the counters' label."""
 
     HIT = "hit"
+    STALE_WHILE_REVALIDATE = "stale-while-revalidate"  # answered at once, refreshed behind
     OFFLINE = "offline"  # a hit in offline mode (maybe stale)
     REVALIDATED = "revalidated"
     STALE = "stale"
@@ -109,6 +110,8 @@ class View:
     method: bytes
     headers: Headers
     has_body: bool = False
+    # Honour the client's reload (max-age=0, no-cache) even inside an index window.
+    strict_reload: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ class Decision:
     # stale answer (None when the origin's error itself stands).
     why: str | None = None
     prefetch: bool = False  # FORWARD of a cacheable miss: fetch it whole in the background
+    refresh: bool = False  # HIT past its index window: revalidate it in the background
+    # HIT: the rule that made it fresh, when it was not the origin's own word (Cache-Status).
+    rule: str | None = None
 
 
 def decide(
@@ -157,13 +163,28 @@ def decide(
             # Forwarded as asked; a full download starts behind it so the next one hits.
             return Decision(Action.FORWARD, Outcome.MISS, prefetch=request.method == b"GET")
         return Decision(Action.MISS, Outcome.MISS)
+    return _stored(request, entry, rule, now, offline)
+
+
+def _stored(
+    request: View, entry: Stored, rule: policy.Rule | None, now: float, offline: bool
+) -> Decision:
+    """A cacheable HTTP request with an entry stored: fresh, inside its index window (where
+    the client's reload is not honoured, unless strict), past it (stale-while-revalidate,
+    for a while), or stale."""
     age = _age(entry, now)
     lifetime = policy.freshness_lifetime(entry.headers, rule)
-    revalidate = lifetime != float("inf") and policy.client_wants_revalidation(request.headers)
-    if age < lifetime and not revalidate:
-        return Decision(Action.HIT, Outcome.HIT, age)
+    window = policy.index_window(entry.headers, rule)
+    reload = lifetime != float("inf") and policy.client_wants_revalidation(request.headers)
+    if window is not None and not request.strict_reload:
+        reload = False  # squid's ignore-reload: pip and uv send max-age=0 for every index page
+    named = rule.source if rule is not None and rule.source else None
+    if age < lifetime and not reload:
+        return Decision(Action.HIT, Outcome.HIT, age, rule=named if window else None)
     if offline:
         return Decision(Action.HIT, Outcome.OFFLINE, age)
+    if window is not None and not reload and age < lifetime + policy.STALE_WHILE_REVALIDATE_LIMIT:
+        return Decision(Action.HIT, Outcome.STALE_WHILE_REVALIDATE, age, refresh=True, rule=named)
     return Decision(Action.REVALIDATE, Outcome.REVALIDATED, age)
 
 
@@ -207,16 +228,19 @@ def cache_status(
     stored: bool = False,
     detail: str | None = None,
     uncached: str | None = None,
+    rule: str | None = None,
 ) -> bytes:
     """The Cache-Status value (RFC 9211) for what happened; `uncached` is why a request
-    was not cacheable (its method, or the request itself)."""
+    was not cacheable (its method, or the request itself), `rule` what made a hit fresh."""
     Fwd = policy.Fwd
     if uncached in (UNCACHED_METHOD, UNCACHED_REQUEST):
         return policy.cache_status(Fwd(uncached))
     if outcome is Outcome.BYPASS:
         return policy.cache_status(Fwd.BYPASS, fwd_status=fwd_status)
     if outcome is Outcome.HIT:
-        return policy.cache_status(None)
+        return policy.cache_status(None, detail=f"{rule} index-window" if rule else None)
+    if outcome is Outcome.STALE_WHILE_REVALIDATE:
+        return policy.cache_status(None, detail=f"{rule or 'index'} stale-while-revalidate")
     if outcome is Outcome.OFFLINE:
         return policy.cache_status(None, detail="offline")
     if outcome is Outcome.STALE:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -24,6 +25,8 @@ from .sources import PassThrough, ResponseSource, UpstreamAnswer
 log = logging.getLogger("transcache.cache")
 
 Answer = tuple[ResponseSource, Outcome]
+# Wall-clock seconds; tests give the cache a clock of their own (trio's virtual one).
+Clock = Callable[[], float]
 
 
 class Joined(enum.Enum):
@@ -32,8 +35,9 @@ class Joined(enum.Enum):
 
 
 class Downloads:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = now) -> None:
         self.store = store
+        self.clock = clock
         self.nursery: trio.Nursery | None = None  # set while the cache runs
         self._flights: dict[str, Flight] = {}
         self._evicting = False
@@ -97,7 +101,7 @@ class Downloads:
         self.store.count(Counter.MISSES)
         if keyed.store_kind == "git":
             self.store.count(Counter.GIT_MISSES)
-        stored = stored_headers(response)
+        stored = stored_headers(response, self.clock())
         key = keyed.key
         if keyed.store_kind == "http" and not policy.credential_partition(request.headers, stored):
             key = policy.primary_key(request.url, "")  # public: shareable
@@ -166,7 +170,7 @@ class Downloads:
         assert store is not None
 
         async def publish(complete: BodyWriter) -> None:
-            await store.commit(complete, {**fields, "response_time": now()})
+            await store.commit(complete, {**fields, "response_time": self.clock()})
             store.write_index(flight.key, vary)
             store.count(Counter.STORED)
 
@@ -193,7 +197,7 @@ class Downloads:
             self._evicting = False
 
 
-def stored_headers(response: UpstreamAnswer) -> Headers:
+def stored_headers(response: UpstreamAnswer, now: float) -> Headers:
     """End-to-end headers worth keeping, with a Date (pip treats a Date-less entry as stale)."""
     headers = [
         (k, v)
@@ -201,7 +205,7 @@ def stored_headers(response: UpstreamAnswer) -> Headers:
         if k.lower() not in (b"content-length", b"via")
     ]
     if header_value(headers, b"date") is None:
-        headers.append((b"Date", policy.format_http_date(now())))
+        headers.append((b"Date", policy.format_http_date(now)))
     return headers
 
 

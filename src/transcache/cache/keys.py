@@ -10,6 +10,7 @@ from .. import _git
 from .. import _policy as policy
 from .._errors import BadRequestError, PayloadTooLargeError
 from .._protocol import Headers, Origin, header_value
+from .._registries import Kind, shape_of
 from .._upstream import BodyReader
 from .decide import Mode, RequestKind, View
 
@@ -53,7 +54,18 @@ class Keyed:
         return "http" if self.view.kind is RequestKind.HTTP else "git"
 
 
-async def classify(request: CacheRequest, mode: Mode, rules: tuple[policy.Rule, ...]) -> Keyed:
+@dataclass(frozen=True)
+class Freshness:
+    """What decides freshness besides the origin's headers: the configured rules (first),
+    the registry shapes' immutable artifacts and index window, and whether a client's reload
+    is always honoured."""
+
+    rules: tuple[policy.Rule, ...] = ()
+    index_ttl: float = 600.0
+    strict_reload: bool = False
+
+
+async def classify(request: CacheRequest, mode: Mode, freshness: Freshness) -> Keyed:
     """The request's kind, key and freshness rule; a git upload-pack request's body is
     read whole, to be keyed on."""
     headers, url = request.headers, request.url
@@ -68,9 +80,9 @@ async def classify(request: CacheRequest, mode: Mode, rules: tuple[policy.Rule, 
         verb, request.path, content_type.decode("latin-1") if content_type else None
     ):
         return await _classify_upload_pack(request, partition)
-    has_body = request.body is not None
-    view = View(RequestKind.HTTP, request.method, headers, has_body)
-    return Keyed(request, view, policy.primary_key(url, partition), _rule(request, rules))
+    strict = freshness.strict_reload or policy.strict_reload(url, freshness.rules)
+    view = View(RequestKind.HTTP, request.method, headers, request.body is not None, strict)
+    return Keyed(request, view, policy.primary_key(url, partition), _rule(request, freshness))
 
 
 async def _classify_upload_pack(request: CacheRequest, partition: str) -> Keyed:
@@ -90,11 +102,22 @@ async def _classify_upload_pack(request: CacheRequest, partition: str) -> Keyed:
     return Keyed(request, View(kind, request.method, request.headers), key, rule, body)
 
 
-def _rule(request: CacheRequest, rules: tuple[policy.Rule, ...]) -> policy.Rule | None:
-    rule = policy.rule_for(request.url, rules)
-    if rule is None and _git.commit_pinned_url(request.path):
+def _rule(request: CacheRequest, freshness: Freshness) -> policy.Rule | None:
+    """The rule for a plain HTTP request: a configured one, else a URL naming a commit
+    (immutable), else the registry shape of its path (an artifact is immutable, an index page
+    gets the index window), else none (the origin's headers alone)."""
+    rule = policy.rule_for(request.url, freshness.rules)
+    if rule is not None:
+        return rule
+    if _git.commit_pinned_url(request.path):
         return PINNED  # names a commit: the bytes behind it cannot change
-    return rule
+    accept = header_value(request.headers, b"accept")
+    shape = shape_of(request.path, accept.decode("latin-1") if accept else None)
+    if shape.kind is Kind.ARTIFACT:
+        return policy.Rule("*", policy.RuleAction.IMMUTABLE, source=shape.convention)
+    if shape.kind is Kind.INDEX:
+        return policy.Rule("*", policy.RuleAction.INDEX, freshness.index_ttl, shape.convention)
+    return None
 
 
 def replay(body: bytes | None) -> BodyReader | None:
