@@ -4,6 +4,7 @@ and stale answers, without sockets or subprocesses."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class Scripted:
     chunks: list[bytes] = field(default_factory=lambda: [b"body"])
     release_head: trio.Event | None = None  # the head waits for this
     fail_after: int | None = None  # break off after this many chunks
+    pace: float = 0.01  # seconds between chunks, on trio's clock
 
 
 class FakeAnswer:
@@ -48,7 +50,7 @@ class FakeAnswer:
             raise UpstreamError("files.test:443 broke off")
         if self._sent == len(script.chunks):
             return b""
-        await trio.sleep(0.01)  # a network's pace, on the virtual clock
+        await trio.sleep(script.pace)  # a network's pace, on the virtual clock
         self._sent += 1
         return script.chunks[self._sent - 1]
 
@@ -90,9 +92,12 @@ async def open_cache(
         nursery.cancel_scope.cancel()
 
 
-async def start(nursery: trio.Nursery, tmp: Path, origin: FakeOrigin) -> Cache:
-    config = Config(cache_dir=tmp / "cache", ca_dir=tmp / "ca")
-    cache = Cache(config, Store(config.cache_dir, config.max_size), origin)
+async def start(nursery: trio.Nursery, tmp: Path, origin: FakeOrigin, **options: object) -> Cache:
+    config = Config(cache_dir=tmp / "cache", ca_dir=tmp / "ca", **options)  # type: ignore[arg-type]
+    # The cache's wall clock follows trio's virtual one, so hours pass in no time.
+    start = time.time()
+    clock = lambda: start + trio.current_time()  # noqa: E731
+    cache = Cache(config, Store(config.cache_dir, config.max_size), origin, clock)
     await nursery.start(cache.run)
     return cache
 
@@ -114,13 +119,13 @@ async def read_all(source: ResponseSource) -> bytes:
 
 
 async def test_requests_arriving_together_share_one_upstream_fetch(
-    open_cache: tuple[trio.Nursery, Path], autojump_clock: trio.testing.MockClock
+    open_cache: tuple[trio.Nursery, Path], mock_clock: trio.testing.MockClock
 ) -> None:
     nursery, tmp = open_cache
     held = trio.Event()
     body = [bytes([n]) * 64 * 1024 for n in range(16)]
     fresh = [(b"Cache-Control", b"max-age=600")]
-    origin = FakeOrigin(Scripted(headers=fresh, chunks=body, release_head=held))
+    origin = FakeOrigin(Scripted(headers=fresh, chunks=body, release_head=held, pace=0))
     cache = await start(nursery, tmp, origin)
     results: list[tuple[bytes, Outcome]] = []
 
@@ -130,7 +135,7 @@ async def test_requests_arriving_together_share_one_upstream_fetch(
     async with trio.open_nursery() as clients:
         for _ in range(8):
             clients.start_soon(one)
-        await trio.sleep(1)  # all eight are waiting for the one head
+        await trio.testing.wait_all_tasks_blocked()  # all eight wait for the one head
         held.set()
     assert len(origin.requests) == 1
     assert [data for data, _ in results] == [b"".join(body)] * 8
@@ -210,3 +215,90 @@ async def test_offline_answers_from_disk_and_never_asks_the_origin(
         await fetch(offline, "/other.html")
     assert getattr(missed.value, "status", None) == 504
     assert len(origin.requests) == 1
+
+
+# -- index pages on the virtual clock --------------------------------------------------------------
+
+PAGE = "/simple/pkg/"
+RELOAD = b"Cache-Control: max-age=0"  # what pip and uv send for every index page
+
+
+async def fetch_page(cache: Cache, *lines: bytes) -> tuple[bytes, Outcome, bytes]:
+    headers: Headers = [tuple(line.split(b": ", 1)) for line in lines]  # type: ignore[misc]
+    source, outcome = await cache.respond(CacheRequest(b"GET", ORIGIN, PAGE, headers))
+    status = header_value(source.headers, b"cache-status") or b""
+    return await read_all(source), outcome, status
+
+
+# These run on a virtual clock that moves only when told (`mock_clock.jump`): publishing a
+# body takes a worker thread, during which an autojumping clock would race ahead.
+
+
+def page(body: bytes, held: trio.Event | None = None) -> Scripted:
+    return Scripted(chunks=[body], pace=0, release_head=held)
+
+
+async def settle(cache: Cache) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    await cache.downloads.wait_idle()
+
+
+async def test_an_index_page_without_cache_headers_is_a_hit_for_its_window_despite_reloads(
+    open_cache: tuple[trio.Nursery, Path], mock_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    origin = FakeOrigin(page(b"v1"), page(b"v2"))
+    cache = await start(nursery, tmp, origin)
+    assert (await fetch_page(cache))[:2] == (b"v1", Outcome.MISS)
+    await settle(cache)
+    mock_clock.jump(598)
+    body, outcome, status = await fetch_page(cache, RELOAD)
+    assert (body, outcome) == (b"v1", Outcome.HIT)
+    assert status == b'transcache; hit; detail="pypi-project-page index-window"'
+    assert len(origin.requests) == 1
+
+
+async def test_past_its_window_an_index_page_answers_at_once_and_refreshes_once_behind(
+    open_cache: tuple[trio.Nursery, Path], mock_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    held = trio.Event()
+    origin = FakeOrigin(page(b"v1"), page(b"v2", held))
+    cache = await start(nursery, tmp, origin)
+    await fetch_page(cache)
+    await settle(cache)
+    mock_clock.jump(602)
+    # The refresh is held at the origin: the clients are answered anyway, from the store.
+    for _ in range(3):
+        body, outcome, status = await fetch_page(cache, RELOAD)
+        assert (body, outcome) == (b"v1", Outcome.STALE_WHILE_REVALIDATE)
+    assert status == b'transcache; hit; detail="pypi-project-page stale-while-revalidate"'
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(origin.requests) == 2  # one refresh for three requests
+    held.set()
+    await settle(cache)
+    assert (await fetch_page(cache))[:2] == (b"v2", Outcome.HIT)
+
+
+async def test_a_day_past_its_window_an_index_page_waits_for_the_origin(
+    open_cache: tuple[trio.Nursery, Path], mock_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    origin = FakeOrigin(page(b"v1"), page(b"v2"))
+    cache = await start(nursery, tmp, origin)
+    await fetch_page(cache)
+    await settle(cache)
+    mock_clock.jump(602 + 24 * 3600)
+    assert (await fetch_page(cache))[:2] == (b"v2", Outcome.MISS)  # revalidated: a new body
+
+
+async def test_strict_client_reload_revalidates_inside_the_window(
+    open_cache: tuple[trio.Nursery, Path], mock_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    origin = FakeOrigin(page(b"v1"), page(b"v2"))
+    cache = await start(nursery, tmp, origin, strict_client_reload=True)
+    await fetch_page(cache)
+    await settle(cache)
+    assert (await fetch_page(cache))[1] is Outcome.HIT
+    assert (await fetch_page(cache, RELOAD))[:2] == (b"v2", Outcome.MISS)

@@ -39,6 +39,11 @@ def add_parsers(commands: Commands) -> None:
         "--max-size", type=cli_value(parse_size), default=DEFAULT_MAX_SIZE, metavar="SIZE"
     )
     prune.set_defaults(handler=_on_store(_prune))
+    purge = cache_commands.add_parser(
+        "purge", help="forget the responses for a URL (or a shell pattern on URLs)"
+    )
+    purge.add_argument("pattern", help="a URL, or a shell pattern such as '*/simple/pkg/*'")
+    purge.set_defaults(handler=_on_store(_purge))
     clear = cache_commands.add_parser("clear", help="delete every stored response")
     clear.set_defaults(handler=_on_store(_clear))
     verify = cache_commands.add_parser("verify", help="re-hash every body; remove corrupt ones")
@@ -132,6 +137,18 @@ def _prune(store: Store, args: argparse.Namespace) -> int:
 
     removed, freed = maintenance.prune(store)
     print(f"removed {removed} entries without a body, evicted {freed} bytes")
+    return 0
+
+
+def _purge(store: Store, args: argparse.Namespace) -> int:
+    from ..store import maintenance
+
+    purged = maintenance.purge(store, args.pattern)
+    for url in purged:
+        print(f"purged {url}")
+    if not purged:
+        print(f"transcache: nothing stored matches {args.pattern!r}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import _paths
 from .._config import (
+    DEFAULT_INDEX_TTL,
     DEFAULT_MAX_SIZE,
     DEFAULT_PORT,
     Config,
@@ -193,6 +194,21 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
         help="URLs matching PATTERN are never revalidated once stored; repeatable",
     )
     parser.add_argument(
+        "--index-ttl",
+        type=positive(float),
+        metavar="SECONDS",
+        help="how long an index page (a project page, a packument, a Release file) stays "
+        "fresh when its origin says less or nothing; then it is refreshed in the background "
+        f"(default: {DEFAULT_INDEX_TTL:g})",
+    )
+    parser.add_argument(
+        "--strict-client-reload",
+        action="store_true",
+        default=None,
+        help="honour a client's Cache-Control: max-age=0 or no-cache even inside the index "
+        "window (strict RFC 9111)",
+    )
+    parser.add_argument(
         "--never-cache",
         type=lambda pattern: Rule(pattern, RuleAction.NEVER),
         action="append",
@@ -223,6 +239,8 @@ def config_from(args: argparse.Namespace) -> Config:
         "offline": args.offline,
         "max_size": args.max_size,
         "rules": [*args.min_ttl, *args.immutable, *args.never_cache],
+        "index_ttl": args.index_ttl,
+        "strict_client_reload": args.strict_client_reload,
     }
     return build_config(options, args.config)
 

@@ -6,6 +6,7 @@ These run on the store's owner thread (the CLI's only thread) and do their file 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import shutil
 from collections.abc import Iterator
@@ -59,6 +60,18 @@ def prune(store: Store) -> tuple[int, int]:
                 path.unlink()
             removed += 1
     return removed, freed
+
+
+def purge(store: Store, pattern: str) -> list[str]:
+    """Drop the entries whose URL matches `pattern` (a URL, or a shell pattern on it), so
+    the next request asks the origin: a release published a minute ago shows at once.
+    Their bodies stay until eviction (another entry may share them). Returns the URLs."""
+    purged = []
+    for entry in list(entries(store)):
+        if entry.url == pattern or fnmatch.fnmatchcase(entry.url, pattern):
+            store.remove(entry.key)
+            purged.append(entry.url)
+    return purged
 
 
 def verify(store: Store) -> tuple[int, list[Path]]:
