@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -430,6 +431,31 @@ def test_never_stored_responses_pass_through(
         _, got, _ = fetch(proxied_env, url)
         assert got["cache-status"].startswith("transcache; fwd=miss"), path
         assert len(origin.requests_to(path)) == 2
+
+
+def test_purge_makes_the_next_request_ask_the_origin(
+    origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str]
+) -> None:
+    # An index page inside its window: without a purge, a new release stays unseen for 10 min.
+    origin.add_file("/simple/fresh/", b"<a>fresh-1.0</a>", content_type="text/html")
+    url = origin.url("index.test", "/simple/fresh/")
+    fetch(proxied_env, url)
+    assert fetch(proxied_env, url)[1]["cache-status"].startswith("transcache; hit")
+    purge = subprocess.run(
+        [sys.executable, "-m", "transcache", "cache", "purge", "*/simple/fresh/*",
+         "--cache-dir", str(proxy.workdir / "cache")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (purge.returncode, purge.stdout) == (0, f"purged {url}\n")
+    origin.add_file("/simple/fresh/", b"<a>fresh-1.1</a>", content_type="text/html")
+    assert fetch(proxied_env, url)[2] == b"<a>fresh-1.1</a>"
+    assert len(origin.requests_to("/simple/fresh/")) == 2
+    nothing = subprocess.run(
+        [sys.executable, "-m", "transcache", "cache", "purge", "*/nothing/*",
+         "--cache-dir", str(proxy.workdir / "cache")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert nothing.returncode == 1 and "nothing stored matches" in nothing.stderr
 
 
 def test_cache_commands_show_and_maintain_the_store(

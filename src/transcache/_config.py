@@ -84,6 +84,8 @@ class Config:
         for name in ("header_timeout", "idle_timeout", "body_timeout", "connect_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be more than 0 seconds")
+        if not self.index_ttl > 0:
+            raise ConfigError("index_ttl must be more than 0 seconds")
         if self.min_body_rate < 0:
             raise ConfigError("min_body_rate must not be negative")
         if self.max_connections is not None and self.max_connections < 1:
