@@ -30,6 +30,7 @@ class Exchange:
     bytes: int = 0
     cache: str = "-"
     tag: str | None = None
+    user: str | None = None  # an authenticated user (--auth-file)
     offline_miss: bool = False
     started: float | None = None
 

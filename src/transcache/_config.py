@@ -46,7 +46,14 @@ class Config:
     # Loopback, link-local, unspecified and own addresses are refused unless a rule here (or
     # `resolve`) names them: networks, or host patterns.
     allow_destinations: tuple[Destination, ...] = ()
-    # Listening beyond loopback needs authentication, which does not exist yet; this starts
+    # Users who may use the proxy (`user:token` lines; see _auth): with it, every proxy
+    # request and the non-public pages need Basic credentials.
+    auth_file: Path | None = None
+    # TLS to the proxy itself: clients use an https:// proxy URL (team credentials never
+    # cross the network in clear).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Listening beyond loopback needs authentication (auth_file); this starts without it
     # anyway (isolated networks only).
     allow_unauthenticated: bool = False
     # Client connections served at once; None derives it from the fd limit at start.
@@ -84,6 +91,8 @@ class Config:
         for name in ("header_timeout", "idle_timeout", "body_timeout", "connect_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be more than 0 seconds")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
         if not self.index_ttl > 0:
             raise ConfigError("index_ttl must be more than 0 seconds")
         if self.min_body_rate < 0:
@@ -249,6 +258,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 options[key] = float(value)
             elif key == "min_body_rate":
                 options["min_body_rate"] = parse_size(str(value))
+            elif key in ("auth_file", "tls_cert", "tls_key"):
+                options[key] = Path(str(value)).expanduser()
             elif key == "index_ttl":
                 options["index_ttl"] = float(value)
             elif key == "strict_client_reload":

@@ -21,6 +21,7 @@ import h11
 import trio
 
 from ._access import AccessLog, Exchange
+from ._auth import ANONYMOUS, Identity
 from ._channel import READ_SIZE, Channel
 from ._config import Config
 from ._errors import (
@@ -37,7 +38,6 @@ from ._protocol import (
     parse_target,
     response_headers_for_client,
 )
-from ._stats import tag_from
 from ._upstream import BodyReader
 from .cache import Cache, CacheRequest, Outcome, ResponseSource
 
@@ -59,7 +59,7 @@ CAN_ANSWER = frozenset({h11.IDLE, h11.SEND_RESPONSE})
 class Client:
     """One HTTP/1.1 connection from a client, as the handlers of its requests see it: read
     the body, answer, stream, reject. `tunnel` is the origin of the CONNECT whose TLS this
-    connection runs inside, `tag` that CONNECT's client tag."""
+    connection runs inside, `who` whom that CONNECT's credentials named."""
 
     def __init__(
         self,
@@ -68,14 +68,14 @@ class Client:
         config: Config,
         access: AccessLog,
         tunnel: Origin | None = None,
-        tag: str | None = None,
+        who: Identity = ANONYMOUS,
     ) -> None:
         self.channel = channel
         self.peer = peer
         self.config = config
         self.access = access
         self.tunnel = tunnel
-        self.tag = tag
+        self.who = who
 
     async def read_request_head(
         self, first_byte_timeout: float, slots: ConnectionSlots
@@ -187,6 +187,7 @@ class Client:
         body: bytes,
         content_type: bytes,
         reason: bytes = b"",
+        extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         """A small response made here (admin pages, error answers), never stored."""
         exchange.status = status
@@ -194,6 +195,7 @@ class Client:
             (b"Content-Type", content_type),
             (b"Content-Length", str(len(body)).encode()),
             (b"Cache-Control", b"no-store"),
+            *extra,
         ]
         await self.channel.send(h11.Response(status_code=status, headers=headers, reason=reason))
         if exchange.method != "HEAD":
@@ -213,7 +215,9 @@ class Client:
             log.warning("%s %s: %s", exchange.method, exchange.url, error)
         body = f"transcache: {error}\n".encode()
         try:
-            await self.answer(exchange, error.status, body, TEXT_PLAIN, error.reason.encode())
+            await self.answer(
+                exchange, error.status, body, TEXT_PLAIN, error.reason.encode(), error.headers
+            )
             if conn.their_state not in CLIENT_DONE_SENDING:
                 await _linger(self.channel.stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
@@ -254,11 +258,11 @@ class ConnectionLoop:
         stream: trio.abc.Stream,
         peer: str,
         tunnel: Origin | None = None,
-        tag: str | None = None,
+        who: Identity = ANONYMOUS,
     ) -> None:
         """Answer requests on `stream` until the connection ends (the caller closes it)."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
-        client = Client(Channel(stream, conn), peer, self.config, self.access, tunnel, tag)
+        client = Client(Channel(stream, conn), peer, self.config, self.access, tunnel, who)
         wait = self.config.header_timeout
         while True:
             request = await client.read_request_head(wait, self.slots)
@@ -276,7 +280,7 @@ class ConnectionLoop:
         exchange = Exchange(
             client.peer, request.method.decode("ascii", "replace"), started=trio.current_time()
         )
-        exchange.tag = tag_from(list(request.headers.raw_items())) or client.tag
+        exchange.tag, exchange.user = client.who.tag, client.who.user
         try:
             target = parse_target(request.target)
             origin = target.origin or client.tunnel

@@ -14,11 +14,29 @@ class ProxyError(TranscacheError):
 
     status: int = 500
     reason: str = "Internal Server Error"
+    # Header fields the answer carries besides the reason (a challenge, say).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class BadRequestError(ProxyError):
     status = 400
     reason = "Bad Request"
+
+
+class UnauthorizedError(ProxyError):
+    """A page of the proxy's own that needs a user's credentials (Authorization: Basic)."""
+
+    status = 401
+    reason = "Unauthorized"
+    headers = ((b"WWW-Authenticate", b'Basic realm="transcache"'),)
+
+
+class ProxyAuthRequiredError(ProxyError):
+    """A proxy request without a user's credentials (Proxy-Authorization: Basic)."""
+
+    status = 407
+    reason = "Proxy Authentication Required"
+    headers = ((b"Proxy-Authenticate", b'Basic realm="transcache"'),)
 
 
 class ForbiddenError(ProxyError):

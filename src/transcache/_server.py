@@ -19,15 +19,17 @@ import logging
 import os
 import resource
 import socket
+import ssl
 
 import h11
 import trio
 
 from ._access import AccessLog, Exchange
 from ._admin import ADMIN_HOST, AdminPages, core_pages
+from ._auth import Credentials, Gate
 from ._ca import CertificateAuthority
 from ._channel import READ_SIZE
-from ._config import Config
+from ._config import Config, ConfigError
 from ._connection import Client, ConnectionLoop, Forwarder
 from ._limits import ConnectionSlots, default_max_connections
 from ._protocol import Origin
@@ -68,7 +70,17 @@ class ProxyServer:
         self.admin.register(core_pages(ca.cert_pem, self.leaf_rejections))
         self.connections = ConnectionLoop(config, self.slots, AccessLog(self.stats), self)
         self.forwarder = Forwarder(self.cache)
-        self.tunnels = Tunnels(config, ca, self.pool, self.leaf_rejections, self.connections.serve)
+        self.gate = Gate(Credentials.load(config.auth_file) if config.auth_file else None)
+        self.tunnels = Tunnels(
+            config, ca, self.pool, self.leaf_rejections, self.gate, self.connections.serve
+        )
+        # TLS to the proxy itself (--tls-cert): clients use an https:// proxy URL.
+        self.tls = _proxy_tls_context(config)
+
+    def reload_credentials(self) -> None:
+        """Re-read the auth file (SIGHUP); ConfigError leaves the users as they were."""
+        if self.config.auth_file is not None:
+            self.gate.credentials = Credentials.load(self.config.auth_file)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -151,6 +163,8 @@ class ProxyServer:
         """Serve one client connection until it ends, then close it."""
         peer = _peer_name(stream)
         try:
+            if self.tls is not None:
+                stream = await self._tls_handshake(stream, peer)
             await self.connections.serve(stream, peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away; nothing to tell it
@@ -158,6 +172,20 @@ class ProxyServer:
             log.exception("unexpected error while serving %s", peer)
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _tls_handshake(
+        self, stream: trio.abc.Stream, peer: str
+    ) -> trio.SSLStream[trio.abc.Stream]:
+        """TLS with the client before anything else (an https:// proxy URL)."""
+        assert self.tls is not None
+        tls = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
+        try:
+            with trio.fail_after(self.config.header_timeout):
+                await tls.do_handshake()
+        except trio.TooSlowError as exc:
+            log.info("%s: TLS handshake with the proxy timed out", peer)
+            raise trio.BrokenResourceError from exc
+        return tls
 
     # -- routing: the connection loop's Router -------------------------------------------------
 
@@ -169,15 +197,33 @@ class ProxyServer:
         path: str,
         exchange: Exchange,
     ) -> None:
+        headers = list(request.headers.raw_items())
         if origin is None or origin.host == ADMIN_HOST:
             exchange.url = path
+            who = self.gate.admin(headers, client.who, path)
+            exchange.tag, exchange.user = who.tag or exchange.tag, who.user
             await self.admin.serve(client, request, path, exchange)
         else:
             exchange.url = origin.url(path)
+            who = self.gate.proxy(headers, client.who)
+            exchange.tag, exchange.user = who.tag, who.user
             await self.forwarder.forward(client, request, origin, path, exchange)
 
     async def connect(self, client: Client, request: h11.Request) -> None:
         await self.tunnels.connect(client, request)
+
+
+def _proxy_tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use --tls-cert {config.tls_cert}: {exc}") from exc
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _fd_limit() -> int:

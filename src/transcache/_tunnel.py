@@ -20,6 +20,7 @@ import trio
 
 from ._access import Exchange
 from ._admin import ADMIN_HOST
+from ._auth import ANONYMOUS, Gate, Identity
 from ._ca import CAError, CertificateAuthority, InvalidHostError
 from ._channel import PrefixedStream, splice
 from ._config import Config
@@ -28,7 +29,6 @@ from ._errors import BadRequestError, ForbiddenError, ProxyError
 from ._paths import BUNDLE_NAME
 from ._protocol import Origin, parse_authority
 from ._rejections import LeafRejections, fix_for, peer_program
-from ._stats import tag_from
 from ._upstream import UpstreamPool
 
 log = logging.getLogger("transcache")
@@ -40,7 +40,7 @@ CERT_REJECTED_ALERTS = frozenset(
 CONNECTION_ESTABLISHED = h11.Response(status_code=200, headers=[], reason=b"Connection established")
 
 # Serves HTTP/1.1 inside a terminated tunnel: (TLS stream, peer, origin, client tag).
-ServeInside = Callable[[trio.abc.Stream, str, Origin, str | None], Awaitable[None]]
+ServeInside = Callable[[trio.abc.Stream, str, Origin, Identity], Awaitable[None]]
 
 
 class Tunnels:
@@ -52,23 +52,25 @@ class Tunnels:
         ca: CertificateAuthority,
         pool: UpstreamPool,
         rejections: LeafRejections,
+        gate: Gate,
         serve_inside: ServeInside,
     ) -> None:
         self.config = config
         self.ca = ca
         self.pool = pool
         self.rejections = rejections
+        self.gate = gate
         self.serve_inside = serve_inside
 
     async def connect(self, client: Client, request: h11.Request) -> None:
         channel = client.channel
         peer = client.peer
-        tag = tag_from(list(request.headers.raw_items()))
         exchange = Exchange(
             peer, "CONNECT", request.target.decode("ascii", "replace"), started=trio.current_time()
         )
-        exchange.tag = tag
         try:
+            who = self.gate.proxy(list(request.headers.raw_items()), ANONYMOUS)
+            exchange.tag, exchange.user = who.tag, who.user
             host, port = parse_authority(request.target)
             refusal = self.config.port_refusal("https", host, port)
             if refusal is not None and host != ADMIN_HOST:
@@ -107,7 +109,7 @@ class Tunnels:
             return
         _ack_now(channel.stream)
         try:
-            await self.serve_inside(tls, peer, origin, tag)
+            await self.serve_inside(tls, peer, origin, who)
         finally:
             await trio.aclose_forcefully(tls)
 

@@ -102,18 +102,17 @@ def listen_addresses(config: Config, listeners: list[trio.SocketListener] | None
 
 
 def check_exposure(config: Config, listeners: list[trio.SocketListener] | None) -> None:
-    """Refuse (ConfigError) to listen beyond loopback without authentication, unless told
-    to, and then warn: anyone who reaches the port could use the proxy."""
+    """Refuse (ConfigError) to listen beyond loopback without an auth file, unless told to,
+    and then warn: anyone who reaches the port could use the proxy."""
     exposed = [h for h in listen_addresses(config, listeners) if not is_loopback_host(h)]
-    if not exposed:
+    if not exposed or config.auth_file is not None:
         return
     where = ", ".join(exposed)
     if not config.allow_unauthenticated:
         raise ConfigError(
-            f"listening on {where} needs authentication, which transcache does not have yet: "
-            "every host that reaches that address could use the proxy. Listen on 127.0.0.1, "
-            "or pass --allow-unauthenticated (allow_unauthenticated=True) on an isolated "
-            "network"
+            f"listening on {where} needs authentication: give --auth-file FILE (user:token "
+            "lines; see docs/team.md), or listen on 127.0.0.1; on an isolated network "
+            "--allow-unauthenticated (allow_unauthenticated=True) starts without it"
         )
     log.warning(
         "listening on %s with no authentication (--allow-unauthenticated): every host that "
@@ -124,7 +123,8 @@ def check_exposure(config: Config, listeners: list[trio.SocketListener] | None) 
 
 def proxy_url(server: ProxyServer) -> str:
     host, port = server.address
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if server.tls is not None else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 @asynccontextmanager

@@ -103,10 +103,26 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "CIDR network or a host pattern); repeatable",
     )
     parser.add_argument(
+        "--auth-file",
+        type=Path,
+        metavar="FILE",
+        help="users who may use the proxy, one user:token per line (mode 600); every proxy "
+        "request then needs Proxy-Authorization: Basic (see docs/team.md)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve the proxy itself over TLS with this certificate chain (PEM): clients use "
+        "an https:// proxy URL",
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the private key for --tls-cert (PEM)"
+    )
+    parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
-        help="listen beyond loopback although transcache has no authentication yet (isolated "
-        "networks only)",
+        help="listen beyond loopback without --auth-file (isolated networks only)",
     )
     parser.add_argument(
         "--max-connections",
@@ -230,6 +246,9 @@ def config_from(args: argparse.Namespace) -> Config:
         "connect_ports": args.connect_port,
         "allow_destinations": args.allow_destination,
         "allow_unauthenticated": args.allow_unauthenticated,
+        "auth_file": args.auth_file,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
         "max_connections": args.max_connections,
         "header_timeout": args.header_timeout,
         "idle_timeout": args.idle_timeout,
