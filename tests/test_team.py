@@ -14,16 +14,19 @@ from pathlib import Path
 
 import pytest
 import trustme
+import uv
 
 from transcache._auth import ANONYMOUS, Credentials, Gate, Identity
 from transcache._config import ConfigError
 from transcache._errors import ProxyAuthRequiredError, UnauthorizedError
 
-from .clients import curl
+from .clients import curl, run
 from .conftest import StartProxy
 from .inprocess import connected, proxy_server
 from .origin import Origin, client_env
+from .packages import make_index
 from .proxyproc import ProxyProcess
+from .test_clients import index_url
 
 TOKEN = "s3cret-token-for-alice"
 
@@ -214,3 +217,14 @@ def test_clients_reach_the_proxy_over_tls(
         assert result.returncode == 0
     assert result.stdout.startswith("{")
     assert proxy.log_lines(f"GET {origin.url('files.test', '/over-tls.txt')} 200")
+    # uv trusts one bundle for the proxy and the origins behind it.
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(proxy.bundle.read_bytes() + ca.read_bytes())
+    make_index(origin, tmp_path / "dists")
+    target = tmp_path / "site"
+    run(
+        [uv.find_uv_bin(), "pip", "install", "--no-cache", "--python", sys.executable,
+         "--index-url", index_url(origin), "--target", str(target), "alpha"],
+        {**env, "SSL_CERT_FILE": str(bundle)},
+    )  # fmt: skip
+    assert any(target.glob("alpha*"))
