@@ -246,3 +246,13 @@ def test_settings_keep_the_users_node_file_and_apt_across_the_manifest() -> None
     settings = Settings(node_extra_ca_certs=Path("/corp/ca.pem"), apt=True)
     assert Settings.from_json(json.loads(json.dumps(settings.to_json()))) == settings
     assert dataclasses.replace(settings, node_extra_ca_certs=None).node_ca_path == settings.ca_path
+
+
+def test_a_users_node_ca_that_is_the_system_bundle_gets_the_main_bundle(home: Home) -> None:
+    found = system_bundle()
+    assert found is not None
+    settings = Settings(node_extra_ca_certs=found)
+    assert settings.node_ca_path == settings.bundle_path
+    plan = build_plan(settings, fake_machine(home), prepare_ca(settings))
+    install(settings, plan, RecordingRunner())
+    assert not settings.node_bundle_path.exists()

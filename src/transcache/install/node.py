@@ -3,7 +3,8 @@ what the user had.
 
 - NODE_EXTRA_CA_CERTS adds one file's certificates to Node's roots. When the user already
   had one, install writes the node bundle (their certificates, then our CA) and points the
-  variable there (`Settings.node_ca_path`); the settings record which file was theirs, so an
+  variable there, or at the main bundle when theirs is the system bundle
+  (`Settings.node_ca_path`); the settings record which file was theirs, so an
   install run again from a shell that already has our value still knows.
 - npm trusts its `cafile` alone when an npmrc sets one (Debian's /etc/npmrc does), and then
   ignores NODE_EXTRA_CA_CERTS. Install then sets npm's user-level `cafile` in our fenced
@@ -107,7 +108,7 @@ def steps(
     """The node bundle, npm's user-level `cafile` and the files it names; notes for the user."""
     result: list[Step] = []
     notes: list[str] = []
-    if settings.node_extra_ca_certs is not None:
+    if settings.node_extra_ca_certs is not None and settings.node_ca_path != settings.bundle_path:
         theirs = _theirs(settings.node_extra_ca_certs, NODE_CA_VARIABLE, notes)
         result.append(WriteFile(settings.node_bundle_path, combine(theirs, ca_pem)))
     npm = npm_settings(home, global_npmrc, without_ours=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _paths
-from .._bundle import NODE_BUNDLE_NAME, NPM_BUNDLE_NAME
+from .._bundle import NODE_BUNDLE_NAME, NPM_BUNDLE_NAME, is_system_bundle
 from .._config import DEFAULT_PORT
 from .._launch import NO_PROXY, client_environment
 from .._paths import BUNDLE_NAME
@@ -62,8 +62,13 @@ class Settings:
 
     @property
     def node_ca_path(self) -> Path:
-        """What NODE_EXTRA_CA_CERTS names: our CA, or the user's certificates plus ours."""
-        return self.ca_path if self.node_extra_ca_certs is None else self.node_bundle_path
+        """What NODE_EXTRA_CA_CERTS names: our CA, or the user's certificates plus ours (the
+        main bundle when theirs is the system bundle, which it holds and keeps current)."""
+        if self.node_extra_ca_certs is None:
+            return self.ca_path
+        if is_system_bundle(self.node_extra_ca_certs):
+            return self.bundle_path
+        return self.node_bundle_path
 
     def environment(self) -> dict[str, str]:
         """The variables clients get: `client_environment` plus the NO_PROXY extras."""
