@@ -104,8 +104,9 @@ def make_home(tmp_path: Path, files: Iterable[tuple[str, bytes]] = ()) -> Home:
 
 
 def fake_machine(home: Home, **overrides: Any) -> Machine:
-    """A Linux machine with no user manager, no zsh, no sudo and no trust stores, living in
-    `home`; `overrides` describe the machine a test needs (macOS, a user manager, ...)."""
+    """A Linux machine with no user manager, no zsh, no sudo, no trust stores, no global
+    npmrc and no apt, living in `home`; `overrides` describe the machine a test needs (macOS,
+    a user manager, ...)."""
     base = Machine(
         platform="linux",
         home=home.path,
@@ -115,5 +116,6 @@ def fake_machine(home: Home, **overrides: Any) -> Machine:
         zsh_installed=False,
         sudo=(),
         system_store=None,
+        global_npmrc=(),
     )
     return dataclasses.replace(base, **overrides)

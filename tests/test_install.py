@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from transcache._launch import client_environment
 from transcache.install.apply import apply, undo
 from transcache.install.blocks import BEGIN_MARKER, END_MARKER, render_block
-from transcache.install.environment import npmrc_warnings
 from transcache.install.manifest import Manifest
 from transcache.install.plan import EditBlock
 from transcache.install.runner import RecordingRunner
@@ -191,13 +190,6 @@ def test_status_json_reports_service_ca_and_missing_variables(home: Home) -> Non
         json.loads(home.transcache("status", "--json", env=shell_env).stdout)["missing_variables"]
         == []
     )
-
-
-def test_npmrc_setting_cafile_is_warned_about(tmp_path: Path) -> None:
-    (tmp_path / ".npmrc").write_text("registry=https://registry.example/\ncafile=/etc/corp.pem\n")
-    bundle = tmp_path / "bundle.pem"
-    warnings = npmrc_warnings(tmp_path, bundle)
-    assert any(str(tmp_path / ".npmrc") in w and f"cafile {bundle}" in w for w in warnings)
 
 
 # -- the property: install + uninstall is the identity on any startup file ----------------

@@ -18,6 +18,8 @@ BUNDLE_VARIABLES = (
     "GIT_SSL_CAINFO",
     "CARGO_HTTP_CAINFO",
 )
+# Node adds the certificates of this file to its own roots (it replaces nothing).
+NODE_CA_VARIABLE = "NODE_EXTRA_CA_CERTS"
 NO_PROXY = "localhost,127.0.0.1,::1"
 # `transcache run` prints this and its URL as its first line once it accepts connections.
 LISTENING_PREFIX = "transcache listening on "
@@ -41,16 +43,17 @@ def proxy_environment(proxy_url: str) -> dict[str, str]:
     return env
 
 
-def ca_environment(bundle: Path, ca_cert: Path) -> dict[str, str]:
-    """The variables that make pip, uv, git, curl, cargo and npm trust `bundle` (node only
-    adds `ca_cert` to its own roots)."""
-    return {**dict.fromkeys(BUNDLE_VARIABLES, str(bundle)), "NODE_EXTRA_CA_CERTS": str(ca_cert)}
+def ca_environment(bundle: Path, node_ca: Path) -> dict[str, str]:
+    """The variables that make pip, uv, git, curl, cargo and npm trust `bundle`; Node adds
+    `node_ca` to its own roots: our CA, or (install) the user's own extra certificates plus
+    ours, so a NODE_EXTRA_CA_CERTS they had keeps working."""
+    return {**dict.fromkeys(BUNDLE_VARIABLES, str(bundle)), NODE_CA_VARIABLE: str(node_ca)}
 
 
-def client_environment(proxy_url: str, bundle: Path, ca_cert: Path) -> dict[str, str]:
+def client_environment(proxy_url: str, bundle: Path, node_ca: Path) -> dict[str, str]:
     """Variables that send pip, uv, git, curl, cargo and npm through the proxy and make them
     trust it."""
-    return {**proxy_environment(proxy_url), **ca_environment(bundle, ca_cert)}
+    return {**proxy_environment(proxy_url), **ca_environment(bundle, node_ca)}
 
 
 def tagged_url(url: str, tag: str) -> str:

@@ -78,6 +78,11 @@ def _add_install_parser(commands: Commands) -> None:
         help="also trust the CA in the system store, NSS databases or Java; repeatable",
     )
     install.add_argument(
+        "--apt",
+        action="store_true",
+        help="also make apt (under sudo too) use the proxy: an /etc/apt/apt.conf.d snippet",
+    )
+    install.add_argument(
         "--dry-run", action="store_true", help="print the plan (diffs, commands); change nothing"
     )
     install.set_defaults(handler=_command_install)
@@ -98,7 +103,9 @@ def _command_install(args: argparse.Namespace) -> int:
         socket_activation=args.socket_activation,
         at_boot=args.at_boot,
         trust=tuple(args.trust),
+        apt=args.apt,
     )
+    settings = installer.with_user_node_ca(settings, os.environ)
     machine = installer.Machine.detect()
     if args.dry_run:
         return _print_dry_run(settings, machine)

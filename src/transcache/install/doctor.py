@@ -3,7 +3,8 @@ of its own kind, with the user's environment, from the pages the proxy serves fo
 transcache.invalid (doctor_pages.py). A fetch that works proves the client uses the proxy
 and trusts its CA. When one fails, the cause is looked for in order: the client's proxy or
 CA variable missing, nothing answering at the proxy address, the CA file not holding the
-proxy's CA, npm configured with its own CA file; else the client's own last words.
+proxy's CA, npm configured with its own CA file; else the client's own last words. Then the clients'
+own settings that win over the variables are read and judged (overrides.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import overrides
 from .doctor_pages import DOCTOR_URL, PROJECT
 from .health import answers, fetch, leaf_rejections
 
@@ -137,18 +139,7 @@ def _holds(path: str, ca_pem: bytes) -> bool:
 
 
 def _npm_cafile(exe: str, env: Mapping[str, str]) -> str | None:
-    try:
-        result = subprocess.run(
-            [exe, "config", "get", "cafile"],
-            env=dict(env),
-            capture_output=True,
-            text=True,
-            timeout=CLIENT_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    value = result.stdout.strip()
+    value = overrides.command_output([exe, "config", "get", "cafile"], env, CLIENT_TIMEOUT).strip()
     return value if value and value not in ("null", "undefined") else None
 
 
@@ -224,7 +215,19 @@ def run(env: Mapping[str, str], clients: Sequence[Client] = CLIENTS) -> list[Fin
         message = _not_answering(proxy_url)
         return [Finding(c.name, False, message) for c in clients if installed(c, env)]
     findings = [f for client in clients if (f := check(client, env)) is not None]
-    return findings + rejection_findings(proxy_url) if proxy_url else findings
+    if not proxy_url:
+        return findings
+    return findings + rejection_findings(proxy_url) + override_findings(env, proxy_url)
+
+
+def override_findings(env: Mapping[str, str], proxy_url: str) -> list[Finding]:
+    """A finding per client setting that wins over the variables and bypasses the proxy or
+    its CA (overrides.py)."""
+    home = Path(env.get("HOME") or Path.home())
+    bundle = env.get("SSL_CERT_FILE") or "the transcache bundle"
+    settings = overrides.read(env, home)
+    conflicts = overrides.find(settings, env, proxy_url, _fetch_ca(proxy_url), bundle)
+    return [Finding(conflict.client, False, conflict.message) for conflict in conflicts]
 
 
 def rejection_findings(proxy_url: str) -> list[Finding]:

@@ -26,15 +26,6 @@ INTERACTIVE_FILES = (".bashrc", ".zshrc")
 ZSH_ENV_FILE = ".zshenv"
 FISH_FILE = ("fish", "conf.d", "transcache.fish")
 ENVIRONMENT_D_FILE = ("environment.d", "60-transcache.conf")
-# npm settings that replace Node's trust store, so NODE_EXTRA_CA_CERTS no longer applies.
-NPM_CA_SETTINGS = ("cafile", "ca")
-# Global and built-in npmrc files (Debian's npm sets cafile in the built-in one).
-GLOBAL_NPMRC = (
-    "/etc/npmrc",
-    "/usr/etc/npmrc",
-    "/usr/local/etc/npmrc",
-    "/usr/share/nodejs/npm/npmrc",
-)
 
 
 def render_sh(env: Mapping[str, str]) -> str:
@@ -102,25 +93,3 @@ def steps(settings: Settings, home: Path, *, linux: bool, zsh_installed: bool) -
         result.append(EditBlock(home / name, block))
     result.append(EditBlock(home / ZSH_ENV_FILE, block, create=zsh_installed))
     return result
-
-
-def npmrc_warnings(home: Path, bundle: Path) -> list[str]:
-    """Warnings for npmrc files whose CA settings hide NODE_EXTRA_CA_CERTS from npm."""
-    warnings = []
-    seen: set[Path] = set()
-    for npmrc in (home / ".npmrc", *(Path(p) for p in GLOBAL_NPMRC)):
-        if npmrc.resolve() in seen:
-            continue
-        seen.add(npmrc.resolve())
-        try:
-            lines = npmrc.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            key = line.split("=", 1)[0].strip()
-            if key in NPM_CA_SETTINGS:
-                warnings.append(
-                    f"{npmrc} sets `{key}`, so npm ignores NODE_EXTRA_CA_CERTS: run "
-                    f"`npm config set cafile {bundle}` (the system roots plus transcache's CA)"
-                )
-    return warnings

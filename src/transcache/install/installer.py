@@ -20,13 +20,24 @@ import getpass
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import _paths
 from .._bundle import write_bundle
 from .._ca import CertificateAuthority
-from . import environment, launchd, systemd, trust_darwin, trust_java, trust_linux, trust_nss
+from . import (
+    apt,
+    environment,
+    launchd,
+    node,
+    systemd,
+    trust_darwin,
+    trust_java,
+    trust_linux,
+    trust_nss,
+)
 from .apply import Outcome, apply, remove_empty_dirs, undo
 from .errors import InstallError
 from .inputs import Input, Kind, check
@@ -49,6 +60,9 @@ class Machine:
     system_store: trust_linux.LinuxStore | trust_darwin.Keychain | None
     nss_databases: tuple[trust_nss.NSSDatabase, ...] = ()
     java: trust_java.JavaStore | None = None
+    # npm's global and built-in configuration files; apt's configuration directory, if any.
+    global_npmrc: tuple[Path, ...] = node.GLOBAL_NPMRC
+    apt_dir: Path | None = None
     # The interpreter the service runs (`python -m transcache run`).
     python: str = sys.executable
 
@@ -67,6 +81,7 @@ class Machine:
             system_store=trust_darwin.Keychain() if darwin else trust_linux.detect(),
             nss_databases=tuple(trust_nss.find_databases(home)),
             java=trust_java.detect(),
+            apt_dir=apt.detect(),
         )
 
     @property
@@ -167,7 +182,12 @@ def build_plan(settings: Settings, machine: Machine, ca: TrustedCA) -> Plan:
     steps: list[Step] = environment.steps(
         settings, machine.home, linux=not machine.darwin, zsh_installed=machine.zsh_installed
     )
-    notes = environment.npmrc_warnings(machine.home, settings.bundle_path)
+    node_steps, notes = node.steps(settings, machine.home, ca.pem, machine.global_npmrc)
+    steps += node_steps
+    if settings.apt:
+        if machine.apt_dir is None:
+            raise InstallError("--apt: apt is not installed here (no apt-get, no /etc/apt)")
+        steps += apt.steps(settings, machine.apt_dir, machine.sudo)
     if machine.darwin:
         steps += launchd.steps(settings, uid=machine.uid, python=machine.python)
     else:
@@ -245,6 +265,12 @@ def planned_ca(settings: Settings) -> TrustedCA:
     if settings.ca_path.exists():
         return TrustedCA.from_file(settings.ca_path)
     return TrustedCA(settings.ca_path, b"", 0, "")
+
+
+def with_user_node_ca(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """`settings` with the user's own NODE_EXTRA_CA_CERTS (see node.py)."""
+    found = node.user_node_ca(environ, settings, installed_settings())
+    return dataclasses.replace(settings, node_extra_ca_certs=found)
 
 
 def installed_settings() -> Settings | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _paths
+from .._bundle import NODE_BUNDLE_NAME, NPM_BUNDLE_NAME, is_system_bundle
 from .._config import DEFAULT_PORT
 from .._launch import NO_PROXY, client_environment
 from .._paths import BUNDLE_NAME
@@ -33,6 +34,10 @@ class Settings:
     socket_activation: bool = False
     at_boot: bool = False
     trust: tuple[str, ...] = ()
+    # The user's own NODE_EXTRA_CA_CERTS when they installed: Node gets it plus our CA.
+    node_extra_ca_certs: Path | None = None
+    # Write an apt.conf.d snippet (apt under sudo sees none of the variables).
+    apt: bool = False
 
     @property
     def url(self) -> str:
@@ -47,9 +52,27 @@ class Settings:
     def bundle_path(self) -> Path:
         return self.ca_dir / BUNDLE_NAME
 
+    @property
+    def node_bundle_path(self) -> Path:
+        return self.ca_dir / NODE_BUNDLE_NAME
+
+    @property
+    def npm_bundle_path(self) -> Path:
+        return self.ca_dir / NPM_BUNDLE_NAME
+
+    @property
+    def node_ca_path(self) -> Path:
+        """What NODE_EXTRA_CA_CERTS names: our CA, or the user's certificates plus ours (the
+        main bundle when theirs is the system bundle, which it holds and keeps current)."""
+        if self.node_extra_ca_certs is None:
+            return self.ca_path
+        if is_system_bundle(self.node_extra_ca_certs):
+            return self.bundle_path
+        return self.node_bundle_path
+
     def environment(self) -> dict[str, str]:
         """The variables clients get: `client_environment` plus the NO_PROXY extras."""
-        env = client_environment(self.url, self.bundle_path, self.ca_path)
+        env = client_environment(self.url, self.bundle_path, self.node_ca_path)
         if self.no_proxy:
             env["NO_PROXY"] = env["no_proxy"] = ",".join((NO_PROXY, *self.no_proxy))
         return env
@@ -70,6 +93,8 @@ class Settings:
         data = asdict(self)
         data["ca_dir"], data["cache_dir"] = str(self.ca_dir), str(self.cache_dir)
         data["no_proxy"], data["trust"] = list(self.no_proxy), list(self.trust)
+        if self.node_extra_ca_certs is not None:
+            data["node_extra_ca_certs"] = str(self.node_extra_ca_certs)
         return data
 
     @classmethod
@@ -85,4 +110,8 @@ class Settings:
             socket_activation=bool(data.get("socket_activation")),
             at_boot=bool(data.get("at_boot")),
             trust=tuple(data.get("trust", ())),
+            node_extra_ca_certs=(
+                Path(data["node_extra_ca_certs"]) if data.get("node_extra_ca_certs") else None
+            ),
+            apt=bool(data.get("apt")),
         )
