@@ -43,7 +43,7 @@ from .decide import (
 )
 from .downloads import Clock, Downloads, Joined, stored_headers
 from .flight import State
-from .keys import CacheRequest, Freshness, Keyed, classify, replay
+from .keys import CacheRequest, Freshness, Keyed, classify, lookup, replay
 from .sources import EntryGoneError, PassThrough, ResponseSource, StoredResponse, Upstream
 
 log = logging.getLogger("transcache.cache")
@@ -113,30 +113,10 @@ class Cache:
                     self.store.remove(gone.key)
         raise ProxyError(f"{request.url}: the cache entry kept changing; try again")
 
-    def _lookup(self, keyed: Keyed) -> Entry | None:
-        if self.store is None or uncached_reason(keyed.view) is not None:
-            return None
-        entry = self._lookup_key(keyed.key, keyed.request.headers)
-        if entry is None and keyed.view.kind is RequestKind.HTTP:
-            # A public response to a credentialed request is stored without the partition.
-            public_key = policy.primary_key(keyed.request.url, "")
-            if public_key != keyed.key:
-                public = self._lookup_key(public_key, keyed.request.headers)
-                if public is not None and "public" in policy.parse_cache_control(public.headers):
-                    return public
-        return entry
-
-    def _lookup_key(self, key: str, client_headers: Headers) -> Entry | None:
-        assert self.store is not None
-        index = self.store.vary_index(key)
-        if index is None:
-            return None
-        return self.store.get(key + "\n" + policy.variant_key(index.fields, client_headers))
-
     # -- decide, then do -----------------------------------------------------------------------
 
     async def _respond_once(self, keyed: Keyed) -> Answer | None:
-        entry = self._lookup(keyed)
+        entry = lookup(self.store, keyed) if self.store is not None else None
         decision = decide(keyed.view, entry, keyed.rule, self.clock(), self.mode)
         action = decision.action
         if action is Action.HIT:

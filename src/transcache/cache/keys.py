@@ -12,7 +12,8 @@ from .._errors import BadRequestError, PayloadTooLargeError
 from .._protocol import Headers, Origin, header_value
 from .._registries import Kind, shape_of
 from .._upstream import BodyReader
-from .decide import Mode, RequestKind, View
+from ..store import Entry, Store
+from .decide import Mode, RequestKind, View, uncached_reason
 
 # The rule for responses whose URL or request names exact content (a commit, a git object).
 PINNED = policy.Rule("*", policy.RuleAction.IMMUTABLE)
@@ -144,3 +145,25 @@ async def read_whole(read: BodyReader) -> bytes:
             )
         parts.append(chunk)
     return b"".join(parts)
+
+
+def lookup(store: Store, keyed: Keyed) -> Entry | None:
+    """The stored entry for a keyed request: its own variant (Vary), or for a credentialed
+    request a `public` response stored without the partition."""
+    if uncached_reason(keyed.view) is not None:
+        return None
+    entry = _lookup_key(store, keyed.key, keyed.request.headers)
+    if entry is None and keyed.view.kind is RequestKind.HTTP:
+        public_key = policy.primary_key(keyed.request.url, "")
+        if public_key != keyed.key:
+            public = _lookup_key(store, public_key, keyed.request.headers)
+            if public is not None and "public" in policy.parse_cache_control(public.headers):
+                return public
+    return entry
+
+
+def _lookup_key(store: Store, key: str, client_headers: Headers) -> Entry | None:
+    index = store.vary_index(key)
+    if index is None:
+        return None
+    return store.get(key + "\n" + policy.variant_key(index.fields, client_headers))
