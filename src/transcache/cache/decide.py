@@ -67,10 +67,13 @@ class Outcome(enum.Enum):
     OFFLINE = "offline"  # a hit in offline mode (maybe stale)
     REVALIDATED = "revalidated"
     STALE = "stale"
+    # an index page past its window, answered at once while a refresh runs behind it
+    STALE_WHILE_REVALIDATE = "stale-while-revalidate"
     MISS = "miss"
     COLLAPSED = "collapsed"  # joined a download already under way
     BYPASS = "bypass"  # a git request that is not keyed
     OFFLINE_MISS = "offline-miss"
+    ERROR = "error"  # answered with an error made by the proxy (the origin failed, ...)
     UNCACHED = "-"  # not cacheable: method, body or the request's no-store
 
 
