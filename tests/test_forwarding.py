@@ -124,9 +124,10 @@ def test_access_log_has_one_line_per_request(
     curl(proxied_env, "--output", "/dev/null", url)
     lines = proxy.log_lines(url)
     assert len(lines) == 1
-    _date, client, method, logged_url, status, size, elapsed, cache = lines[0].split()
+    _date, client, method, logged_url, status, size, ecosystem, elapsed, cache = lines[0].split()
     assert client.startswith("127.0.0.1:")
     assert (method, logged_url, status, size, cache) == ("GET", url, "200", "1234", "miss")
+    assert ecosystem == "other"
     assert elapsed.endswith("ms")
 
 
