@@ -9,7 +9,8 @@ import socket
 from pathlib import Path
 
 from .clients import curl
-from .origin import Origin
+from .conftest import StartProxy
+from .origin import Origin, client_env
 from .proxyproc import ProxyProcess
 
 
@@ -124,9 +125,10 @@ def test_access_log_has_one_line_per_request(
     curl(proxied_env, "--output", "/dev/null", url)
     lines = proxy.log_lines(url)
     assert len(lines) == 1
-    _date, client, method, logged_url, status, size, elapsed, cache = lines[0].split()
+    _date, client, method, logged_url, status, size, ecosystem, elapsed, cache = lines[0].split()
     assert client.startswith("127.0.0.1:")
     assert (method, logged_url, status, size, cache) == ("GET", url, "200", "1234", "miss")
+    assert ecosystem == "other"
     assert elapsed.endswith("ms")
 
 
@@ -157,3 +159,18 @@ def test_content_length_beside_chunked_never_reaches_the_origin(
     echoed = json.loads(body)
     assert echoed["body_len"] == 5
     assert "content-length" not in {name.lower() for name in echoed["headers"]}
+
+
+def test_run_writes_a_json_access_log_and_serves_metrics_through_a_tunnel(
+    start_proxy: StartProxy, plain_origin: Origin, home: Path
+) -> None:
+    proxy = start_proxy(plain_origin, args=["--access-log-format", "json"])
+    env = client_env(home, proxy.env())
+    url = plain_origin.url("files.test", "/bytes/1234")
+    curl(env, "--output", "/dev/null", url)
+    [line] = proxy.log_lines(f'"url": "{url}"')
+    logged = json.loads(line)
+    assert (logged["method"], logged["status"], logged["bytes"]) == ("GET", 200, 1234)
+    assert (logged["ecosystem"], logged["outcome"]) == ("other", "miss")
+    metrics = curl(env, "https://transcache.invalid/metrics").stdout
+    assert 'transcache_requests_total{ecosystem="other",outcome="miss"} 1.0' in metrics

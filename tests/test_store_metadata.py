@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from transcache._registries import Ecosystem
 from transcache.store.metadata import (
     Entry,
     EntryKind,
@@ -32,6 +33,8 @@ def entry_record(**changes: Any) -> dict[str, Any]:
         "request_time": 1000.0,
         "response_time": 1001,
         "kind": "git",
+        "ecosystem": "git",
+        "fetch_seconds": 0.25,
     }
     record.update(changes)
     return {k: v for k, v in record.items() if v is not ...}
@@ -51,9 +54,35 @@ def test_an_entry_record_reads_back_as_a_typed_entry() -> None:
         response_time=1001.0,
         body_path=BLOBS / "ab" / "ab" / DIGEST,
         kind=EntryKind.GIT,
+        ecosystem=Ecosystem.GIT,
+        fetch_seconds=0.25,
     )
     assert isinstance(entry, Entry)
     assert parse_record(entry.to_json(), BLOBS) == entry
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "ecosystem"),
+    [
+        ("https://files.test/packages/ab/cd/0123456789abcdef0123/x-1.0.tar.gz", "http", "pypi"),
+        ("https://files.test/pool/main/c/curl/curl_8.0-1_amd64.deb", "http", "debian"),
+        ("https://git.test/repo.git/git-upload-pack", "git", "git"),
+        ("https://files.test/page.html", "http", "other"),
+    ],
+)
+def test_an_entry_from_before_ecosystems_gets_one_from_its_kind_and_url(
+    url: str, kind: str, ecosystem: str
+) -> None:
+    record = entry_record(url=url, kind=kind, ecosystem=..., fetch_seconds=...)
+    entry = parse_record(record, BLOBS)
+    assert isinstance(entry, Entry)
+    assert (entry.ecosystem.value, entry.fetch_seconds) == (ecosystem, 0.0)
+
+
+@pytest.mark.parametrize(("field", "value"), [("ecosystem", "cobol"), ("fetch_seconds", "1")])
+def test_an_entry_with_a_bad_ecosystem_or_fetch_time_is_refused(field: str, value: str) -> None:
+    with pytest.raises(MetadataError, match=field if field == "fetch_seconds" else "ecosystem"):
+        parse_record(entry_record(**{field: value}), BLOBS)
 
 
 def test_an_entry_without_a_kind_is_an_http_entry() -> None:

@@ -40,6 +40,8 @@ from ._protocol import (
 )
 from ._upstream import BodyReader
 from .cache import Cache, CacheRequest, Outcome, ResponseSource
+from .cache.keys import ecosystem_of
+from .cache.sources import StoredResponse
 
 log = logging.getLogger("transcache")
 
@@ -206,6 +208,10 @@ class Client:
     async def reject(self, exchange: Exchange, error: ProxyError, *, log_it: bool = True) -> None:
         """Answer with the error's status and reason when a response can still be sent."""
         exchange.status = error.status
+        exchange.error = str(error)
+        if exchange.outcome is None:
+            offline = isinstance(error, OfflineMissError)
+            exchange.outcome = Outcome.OFFLINE_MISS if offline else Outcome.ERROR
         if log_it:
             self.access.record(exchange)
         conn = self.channel.conn
@@ -286,7 +292,6 @@ class ConnectionLoop:
             origin = target.origin or client.tunnel
             await self.router.respond(client, request, origin, target.path, exchange)
         except ProxyError as error:
-            exchange.offline_miss = isinstance(error, OfflineMissError)
             await client.reject(exchange, error, log_it=False)
         finally:
             self.access.record(exchange)
@@ -318,14 +323,11 @@ class Forwarder:
             await read_body()  # h11's EndOfMessage, already buffered
         if channel.conn.they_are_waiting_for_100_continue:
             await channel.send(h11.InformationalResponse(status_code=100, headers=[]))
-        try:
-            source, outcome = await self.cache.respond(
-                CacheRequest(request.method, origin, path, raw, body)
-            )
-        except OfflineMissError:
-            exchange.cache = Outcome.OFFLINE_MISS.value
-            raise
-        exchange.cache = outcome.value
+        cache_request = CacheRequest(request.method, origin, path, raw, body)
+        exchange.ecosystem = ecosystem_of(cache_request)
+        source, exchange.outcome = await self.cache.respond(cache_request)
+        if isinstance(source, StoredResponse):
+            exchange.saved_seconds = source.entry.fetch_seconds
         await client.stream(exchange, source)
 
 

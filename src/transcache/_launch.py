@@ -23,6 +23,9 @@ NODE_CA_VARIABLE = "NODE_EXTRA_CA_CERTS"
 NO_PROXY = "localhost,127.0.0.1,::1"
 # `transcache run` prints this and its URL as its first line once it accepts connections.
 LISTENING_PREFIX = "transcache listening on "
+# A running proxy's live counters (JSON); asking for them flushes its counts to the store,
+# which is how `cache stats` and `status` read exact counts while a proxy runs.
+STATS_PAGE = "/stats.json"
 # A tag goes into the proxy URL's user name as is: URL-unreserved characters only.
 TAG_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
 # Variables a `transcache run` child must not inherit: proxy variables would make its own

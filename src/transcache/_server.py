@@ -32,6 +32,7 @@ from ._channel import READ_SIZE
 from ._config import Config, ConfigError
 from ._connection import Client, ConnectionLoop, Forwarder
 from ._limits import ConnectionSlots, default_max_connections
+from ._observe import Observer
 from ._protocol import Origin
 from ._rejections import LeafRejections
 from ._stats import ProxyStats
@@ -66,9 +67,15 @@ class ProxyServer:
         # Clients that refused our leaf: reported, never acted on (see _rejections).
         self.leaf_rejections = LeafRejections()
         self.listeners: list[trio.SocketListener] = []
+        # Metrics, the status page and live stats: fed by the access log and the pool.
+        self.observer = Observer(config, self.cache, self.slots)
+        self.pool.watcher = self.observer.metrics
         self.admin = AdminPages()
         self.admin.register(core_pages(ca.cert_pem, self.leaf_rejections))
-        self.connections = ConnectionLoop(config, self.slots, AccessLog(self.stats), self)
+        self.admin.register(self.observer.pages())
+        access = AccessLog(self.stats, *self.observer.recorders())
+        access.handshakes = self.observer.metrics.handshake
+        self.connections = ConnectionLoop(config, self.slots, access, self)
         self.forwarder = Forwarder(self.cache)
         self.gate = Gate(Credentials.load(config.auth_file) if config.auth_file else None)
         self.tunnels = Tunnels(
@@ -103,6 +110,8 @@ class ProxyServer:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.cache.run)
+                if self.cache.store is not None:
+                    nursery.start_soon(self.cache.store.count_entries)
                 for listener in listeners:
                     nursery.start_soon(self._accept, listener, nursery)
                 task_status.started(self)
@@ -200,6 +209,7 @@ class ProxyServer:
         headers = list(request.headers.raw_items())
         if origin is None or origin.host == ADMIN_HOST:
             exchange.url = path
+            exchange.to_proxy = True
             who = self.gate.admin(headers, client.who, path)
             exchange.tag, exchange.user = who.tag or exchange.tag, who.user
             await self.admin.serve(client, request, path, exchange)

@@ -10,13 +10,22 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._protocol import Headers, header_value
+from .cache.decide import Outcome
 
-# Cache outcomes that were answered without the origin.
-FROM_CACHE = frozenset({"hit", "offline"})
+if TYPE_CHECKING:
+    from ._access import Exchange
+
+# Outcomes answered without asking the origin.
+FROM_CACHE = frozenset({Outcome.HIT, Outcome.OFFLINE, Outcome.STALE_WHILE_REVALIDATE})
 # Outcomes that asked the origin but took the body from disk (a 304, or a stale copy).
-BODY_FROM_CACHE = frozenset({"revalidated", "stale"})
+BODY_FROM_CACHE = frozenset({Outcome.REVALIDATED, Outcome.STALE})
+# Outcomes answered with a stored body (the hits of `cache stats` and the hit ratio), and
+# the misses: a download started, joined, or a request passed through uncached.
+HIT_OUTCOMES = FROM_CACHE | BODY_FROM_CACHE
+MISS_OUTCOMES = frozenset({Outcome.MISS, Outcome.COLLAPSED, Outcome.BYPASS})
 
 
 @dataclass
@@ -35,30 +44,22 @@ class ProxyStats:
     total: Counters = field(default_factory=Counters)
     by_tag: dict[str, Counters] = field(default_factory=dict)
 
-    def record(
-        self,
-        tag: str | None,
-        url: str,
-        status: int,
-        size: int,
-        seconds: float,
-        cache: str,
-        offline_miss: bool,
-    ) -> None:
+    def record(self, exchange: Exchange, seconds: float) -> None:
         targets = [self.total]
-        if tag:
-            targets.append(self.by_tag.setdefault(tag, Counters()))
+        if exchange.tag:
+            targets.append(self.by_tag.setdefault(exchange.tag, Counters()))
+        outcome, size = exchange.outcome, exchange.bytes
         for counters in targets:
             counters.requests += 1
-            if offline_miss:
-                counters.offline_misses.append(url)
-            elif cache in FROM_CACHE:
+            if outcome is Outcome.OFFLINE_MISS:
+                counters.offline_misses.append(exchange.url)
+            elif outcome in FROM_CACHE:
                 counters.hits += 1
                 counters.bytes_from_cache += size
-            elif status:
+            elif exchange.status:
                 counters.upstream_requests += 1
                 counters.upstream_seconds += seconds
-                if cache in BODY_FROM_CACHE:
+                if outcome in BODY_FROM_CACHE:
                     counters.bytes_from_cache += size
                 else:
                     counters.upstream_bytes += size

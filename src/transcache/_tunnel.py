@@ -102,11 +102,14 @@ class Tunnels:
             with trio.fail_after(self.config.header_timeout):
                 await tls.do_handshake()
         except trio.BrokenResourceError as exc:
+            client.access.handshake(ok=False)
             await self._handshake_failed(channel.stream, peer, host, exc.__cause__)
             return
         except trio.TooSlowError:
+            client.access.handshake(ok=False)
             log.info("%s: TLS handshake for %s timed out", peer, host)
             return
+        client.access.handshake(ok=True)
         _ack_now(channel.stream)
         try:
             await self.serve_inside(tls, peer, origin, who)

@@ -22,7 +22,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 import trio
@@ -170,6 +170,14 @@ class _Connection:
         await trio.aclose_forcefully(self.channel.stream)
 
 
+class UpstreamWatcher(Protocol):
+    """Told of every origin response head and every origin failure (the metrics)."""
+
+    def answered(self, status: int) -> None: ...
+
+    def failed(self, error: UpstreamError) -> None: ...
+
+
 class UpstreamResponse:
     """Response head from an origin, and its body read chunk by chunk."""
 
@@ -185,8 +193,12 @@ class UpstreamResponse:
         connection = self._connection
         if connection is None:
             return b""
-        with translate_errors(connection.origin), trio.fail_after(self._pool.read_timeout):
-            event = await connection.channel.next_event()
+        try:
+            with translate_errors(connection.origin), trio.fail_after(self._pool.read_timeout):
+                event = await connection.channel.next_event()
+        except UpstreamError as error:
+            self._pool.failed(error)
+            raise
         if isinstance(event, h11.Data):
             return bytes(event.data)
         if isinstance(event, h11.EndOfMessage):
@@ -208,6 +220,11 @@ class UpstreamPool:
         self._ssl_context = upstream_ssl_context(config.upstream_ca)
         self._idle: dict[Origin, list[_Connection]] = {}
         self.read_timeout = config.upstream_timeout
+        self.watcher: UpstreamWatcher | None = None
+
+    def failed(self, error: UpstreamError) -> None:
+        if self.watcher is not None:
+            self.watcher.failed(error)
 
     async def open_tcp(self, origin: Origin) -> trio.SocketStream:
         """A plain TCP connection to the origin (also used for passthrough tunnels), once its
@@ -287,6 +304,23 @@ class UpstreamPool:
 
         `body` is called until it returns b""; errors it raises (the client's side) pass
         through untranslated. Errors on the upstream side become ProxyError."""
+        try:
+            response = await self._request(origin, method, target, headers, body)
+        except UpstreamError as error:
+            self.failed(error)
+            raise
+        if self.watcher is not None:
+            self.watcher.answered(response.status)
+        return response
+
+    async def _request(
+        self,
+        origin: Origin,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodyReader | None,
+    ) -> UpstreamResponse:
         connection, expired = self._take_idle(origin)
         for stale in expired:
             await stale.aclose()

@@ -154,6 +154,8 @@ async def open_proxy(
         listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
+        if store is not None:
+            store.announce(proxy_url(server))  # `cache stats` asks it for live counts
         yield RunningProxy(proxy_url(server), ca.cert_path, bundle, server)
         nursery.cancel_scope.cancel()
 

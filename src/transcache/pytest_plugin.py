@@ -31,6 +31,7 @@ import pytest
 
 from ._config import Config, ConfigError
 from ._launch import proxy_variable_names, tagged_url
+from ._units import human_size
 
 if TYPE_CHECKING:  # the proxy, and trio with it, load when a session first needs one
     from ._stats import Counters, ProxyStats
@@ -178,7 +179,7 @@ class SessionProxy:
         total = stats.total
         lines = [
             f"transcache: {total.requests} requests through {url}: {total.hits} from the cache, "
-            f"{total.upstream_requests} upstream ({_size(total.upstream_bytes)}, "
+            f"{total.upstream_requests} upstream ({human_size(total.upstream_bytes)}, "
             f"{total.upstream_seconds:.2f}s)"
             + (f", {len(total.offline_misses)} offline misses" if total.offline_misses else ""),
         ]
@@ -186,7 +187,7 @@ class SessionProxy:
         if upstream:
             lines.append("tests that went upstream:")
             lines += [
-                f"  {nodeid}: {c.upstream_requests} requests, {_size(c.upstream_bytes)}, "
+                f"  {nodeid}: {c.upstream_requests} requests, {human_size(c.upstream_bytes)}, "
                 f"{c.upstream_seconds:.2f}s"
                 for nodeid, c in upstream
             ]
@@ -247,12 +248,3 @@ def transcache_env(request: pytest.FixtureRequest, transcache_proxy: Proxy) -> d
     env=transcache_env)` sends a subprocess through the proxy, counted for this test."""
     tag = _plugin(request.config).tag(request.node.nodeid)
     return {**os.environ, **transcache_proxy.env_for(tag)}
-
-
-def _size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"

@@ -72,6 +72,7 @@ class Outcome(enum.Enum):
     COLLAPSED = "collapsed"  # joined a download already under way
     BYPASS = "bypass"  # a git request that is not keyed
     OFFLINE_MISS = "offline-miss"
+    ERROR = "error"  # answered with an error made by the proxy (the origin failed, ...)
     UNCACHED = "-"  # not cacheable: method, body or the request's no-store
 
 

@@ -19,7 +19,7 @@ from .._protocol import Headers, drop_connection_fields, header_value
 from ..store import BodyWriter, Counter, Store, now
 from .decide import Outcome, cache_status
 from .flight import Flight, FlightReader, State
-from .keys import Keyed
+from .keys import Keyed, ecosystem_of
 from .sources import PassThrough, ResponseSource, UpstreamAnswer
 
 log = logging.getLogger("transcache.cache")
@@ -44,6 +44,10 @@ class Downloads:
 
     def busy(self, key: str) -> bool:
         return key in self._flights
+
+    def in_flight(self) -> list[Flight]:
+        """The downloads storing right now (their `url`, `written` and `content_length`)."""
+        return [flight for flight in self._flights.values() if flight.state is State.STORING]
 
     async def wait_idle(self) -> None:
         """Until every download under way has ended: stored, or given up."""
@@ -134,6 +138,7 @@ class Downloads:
         )
         flight.content_length = header_value(response.headers, b"content-length")
         flight.path = str(writer.path)
+        flight.url = request.url
         flight.move(State.STORING)
         fields = {
             "key": key + "\n" + flight.variant,
@@ -143,6 +148,7 @@ class Downloads:
             "headers": flight.headers,
             "request_time": request_time,
             "kind": keyed.store_kind,
+            "ecosystem": ecosystem_of(request),
         }
         self.nursery.start_soon(self._download, flight, response, writer, fields, vary)
         reader = self._reader(flight, request.headers, Outcome.MISS, head_only=keyed.head_only)
@@ -170,7 +176,13 @@ class Downloads:
         assert store is not None
 
         async def publish(complete: BodyWriter) -> None:
-            await store.commit(complete, {**fields, "response_time": self.clock()})
+            finished = self.clock()
+            started = fields["request_time"]
+            assert isinstance(started, float)
+            took = max(0.0, finished - started)
+            await store.commit(
+                complete, {**fields, "response_time": finished, "fetch_seconds": took}
+            )
             store.write_index(flight.key, vary)
             store.count(Counter.STORED)
 

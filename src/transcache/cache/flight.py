@@ -88,6 +88,7 @@ class Flight:
         self.headers: Headers = []  # as stored: no Content-Length
         self.content_length: bytes | None = None
         self.path = ""
+        self.url = ""  # for the status page's downloads in flight
         self.written = 0
         self.error: str | None = None
         self.readers: set[FlightReader] = set()

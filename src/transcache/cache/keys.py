@@ -10,7 +10,7 @@ from .. import _git
 from .. import _policy as policy
 from .._errors import BadRequestError, PayloadTooLargeError
 from .._protocol import Headers, Origin, header_value
-from .._registries import Kind, shape_of
+from .._registries import Ecosystem, Kind, shape_of
 from .._upstream import BodyReader
 from ..store import Entry, Store
 from .decide import Mode, RequestKind, View, uncached_reason
@@ -71,15 +71,11 @@ async def classify(request: CacheRequest, mode: Mode, freshness: Freshness) -> K
     read whole, to be keyed on."""
     headers, url = request.headers, request.url
     partition = policy.credential_partition(headers, None)
-    verb = request.method.decode("ascii", "replace")
-    content_type = header_value(headers, b"content-type")
-    if mode is not Mode.PASS_THROUGH and _git.is_ref_discovery_get(verb, request.path):
+    if mode is not Mode.PASS_THROUGH and _is_ref_discovery(request):
         protocol = (header_value(headers, b"git-protocol") or b"").decode("latin-1")
         key = policy.primary_key(f"{policy.GIT_REFS_PREFIX}{url}\n{protocol}", partition)
         return Keyed(request, View(RequestKind.GIT_REFS, request.method, headers), key, None)
-    if mode is not Mode.PASS_THROUGH and _git.is_upload_pack_post(
-        verb, request.path, content_type.decode("latin-1") if content_type else None
-    ):
+    if mode is not Mode.PASS_THROUGH and _is_upload_pack(request):
         return await _classify_upload_pack(request, partition)
     strict = freshness.strict_reload or policy.strict_reload(url, freshness.rules)
     view = View(RequestKind.HTTP, request.method, headers, request.body is not None, strict)
@@ -101,6 +97,28 @@ async def _classify_upload_pack(request: CacheRequest, partition: str) -> Keyed:
     }.get(_git.classify_upload_pack(decoded), RequestKind.GIT_OTHER)
     rule = PINNED if kind is RequestKind.GIT_PACK else None
     return Keyed(request, View(kind, request.method, request.headers), key, rule, body)
+
+
+def ecosystem_of(request: CacheRequest) -> Ecosystem:
+    """Which ecosystem the request belongs to: git for git smart HTTP (what `classify` tells
+    apart as the git request kinds, by the same tests), else by the URL's shape."""
+    if _is_ref_discovery(request) or _is_upload_pack(request):
+        return Ecosystem.GIT
+    accept = header_value(request.headers, b"accept")
+    return shape_of(request.path, accept.decode("latin-1") if accept else None).ecosystem
+
+
+def _is_ref_discovery(request: CacheRequest) -> bool:
+    return _git.is_ref_discovery_get(request.method.decode("ascii", "replace"), request.path)
+
+
+def _is_upload_pack(request: CacheRequest) -> bool:
+    content_type = header_value(request.headers, b"content-type")
+    return _git.is_upload_pack_post(
+        request.method.decode("ascii", "replace"),
+        request.path,
+        content_type.decode("latin-1") if content_type else None,
+    )
 
 
 def _rule(request: CacheRequest, freshness: Freshness) -> policy.Rule | None:

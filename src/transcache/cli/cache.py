@@ -107,18 +107,46 @@ def _on_store(command: StoreCommand) -> Callable[[argparse.Namespace], int]:
 
 
 def _stats(store: Store, args: argparse.Namespace) -> int:
+    from .._launch import STATS_PAGE
+    from ..install.health import fetch
     from ..store import Counter, maintenance
+    from ..store.counters import by_ecosystem
+    from ..store.store import announced_urls
 
+    # Proxies running on this cache dir flush their counts when asked for their live stats:
+    # then the store's counters are exact, not up to a flush interval behind.
+    for url in announced_urls(store.layout):
+        fetch(url, STATS_PAGE)
     stats = maintenance.stats(store)
     # Every counter the proxy records, in the Counter enum's order.
     counters = {str(name): stats.counters.get(name, 0) for name in Counter}
+    ecosystems = by_ecosystem(stats.counters)
     if args.json:
-        print(json.dumps({"entries": stats.entries, "bytes": stats.bytes, **counters}))
+        print(
+            json.dumps(
+                {
+                    "entries": stats.entries,
+                    "bytes": stats.bytes,
+                    **counters,
+                    "ecosystems": ecosystems,
+                }
+            )
+        )
         return 0
     print(f"entries              {stats.entries}")
     print(f"bytes stored         {stats.bytes}")
     for name, value in counters.items():
         print(f"{name.replace('_', ' '):<20} {value}")
+    if ecosystems:
+        print()
+        print(
+            f"{'ecosystem':<10} {'hits':>8} {'misses':>8} {'from cache':>14} {'from upstream':>14}"
+        )
+        for ecosystem, count in ecosystems.items():
+            print(
+                f"{ecosystem:<10} {count['hits']:>8} {count['misses']:>8} "
+                f"{count['bytes_from_cache']:>14} {count['bytes_from_upstream']:>14}"
+            )
     return 0
 
 
@@ -128,7 +156,8 @@ def _ls(store: Store, args: argparse.Namespace) -> int:
     for entry in sorted(maintenance.entries(store), key=lambda e: e.url):
         if fnmatch.fnmatchcase(entry.url, args.pattern):
             stored = time.strftime(LS_TIME_FORMAT, time.gmtime(entry.response_time))
-            print(f"{entry.size:>12} {entry.status} {stored} {entry.url}")
+            ecosystem = entry.ecosystem.value
+            print(f"{entry.size:>12} {entry.status} {stored} {ecosystem:<8} {entry.url}")
     return 0
 
 

@@ -189,6 +189,12 @@ def _command_status(args: argparse.Namespace) -> int:
     )
     for name, value in rows:
         print(f"{name:<14} {value}")
+    if status.cache:
+        cache = status.cache
+        print(
+            f"{'cache':<14} {cache.get('entries')} entries, {cache.get('bytes')} bytes; "
+            f"{cache.get('hits')} hits, {cache.get('misses')} misses"
+        )
     for host, seen in status.tls_rejections.items():
         clients = ", ".join(seen["clients"])
         print(f"{'rejected by':<14} {host}: {seen['count']} handshake(s) by {clients}")

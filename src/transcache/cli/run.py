@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
     from ._options import Commands
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+class AccessLogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"  # one object per line (_access.JsonAccessFormatter)
 
 
 def add_parsers(commands: Commands) -> None:
@@ -170,6 +176,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="append the access log to FILE instead of stderr",
     )
+    parser.add_argument(
+        "--access-log-format",
+        type=AccessLogFormat,
+        choices=list(AccessLogFormat),
+        default=AccessLogFormat.TEXT,
+        help="text lines, or one JSON object per line (fields: docs/usage.md); "
+        "default: %(default)s",
+    )
     _add_cache_options(parser)
 
 
@@ -272,7 +286,7 @@ def config_from_flags(flags: Sequence[str]) -> Config:
     return config_from(parser.parse_args(flags))
 
 
-def _setup_logging(access_log: Path | None) -> None:
+def _setup_logging(access_log: Path | None, access_format: AccessLogFormat) -> None:
     errors = logging.StreamHandler(sys.stderr)
     errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", TIME_FORMAT))
     root = logging.getLogger("transcache")
@@ -283,7 +297,12 @@ def _setup_logging(access_log: Path | None) -> None:
     handler: logging.Handler = (
         logging.FileHandler(access_log) if access_log else logging.StreamHandler(sys.stderr)
     )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", TIME_FORMAT))
+    if access_format is AccessLogFormat.JSON:
+        from .._access import JsonAccessFormatter
+
+        handler.setFormatter(JsonAccessFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", TIME_FORMAT))
     access.addHandler(handler)
 
 
@@ -320,7 +339,7 @@ def _command_run(args: argparse.Namespace) -> int:
     import trio
 
     config = config_from(args)
-    _setup_logging(args.access_log)
+    _setup_logging(args.access_log, args.access_log_format)
     try:
         trio.run(_serve, config)
     except OSError as exc:

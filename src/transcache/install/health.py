@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from .._launch import STATS_PAGE
+
 HEALTH_TIMEOUT = 2.0
 HEALTH_BODY = b"ok\n"
 
@@ -29,7 +31,18 @@ def answers(url: str, timeout: float = HEALTH_TIMEOUT) -> bool:
 def leaf_rejections(url: str) -> dict[str, dict[str, Any]]:
     """Per host, how often clients rejected the proxy's certificate, and which clients
     (the proxy's /tls-rejections page); {} when it cannot be read."""
-    body = fetch(url, "/tls-rejections")
+    return fetch_json(url, "/tls-rejections")
+
+
+def live_stats(url: str) -> dict[str, Any]:
+    """The cache's counters as the running proxy has them this instant (its stats page);
+    {} when it cannot be read."""
+    return fetch_json(url, STATS_PAGE)
+
+
+def fetch_json(url: str, path: str) -> dict[str, Any]:
+    """The JSON object at `url` + `path`; {} for anything else."""
+    body = fetch(url, path)
     try:
         data = json.loads(body) if body is not None else {}
     except ValueError:

@@ -14,7 +14,7 @@ from typing import Any
 from cryptography import x509
 
 from . import launchd, systemd
-from .health import answers, leaf_rejections
+from .health import answers, leaf_rejections, live_stats
 from .manifest import Manifest
 from .settings import Settings, manifest_path
 
@@ -36,6 +36,8 @@ class Status:
     logs: str = ""
     # host -> {"count": N, "clients": [...]}: clients that refused the proxy's certificate.
     tls_rejections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The running proxy's cache stats, live (what `cache stats --json` prints); {} if down.
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,4 +78,5 @@ def collect(environ: Mapping[str, str], now: dt.datetime | None = None) -> Statu
         ],
         logs=launchd.log_hint() if darwin else systemd.log_hint(),
         tls_rejections=leaf_rejections(settings.url) if answering else {},
+        cache=live_stats(settings.url) if answering else {},
     )

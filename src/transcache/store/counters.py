@@ -2,6 +2,11 @@
 
 Counts are added up in memory (`count`, owner thread only) and flushed to `v1/stats.json`
 under a file lock, so several processes sharing one cache dir never lose each other's counts.
+A running proxy flushes every few seconds and at exit, and at once when asked (its
+/stats.json page), so `cache stats` reads exact counts while proxies run.
+
+Per-ecosystem counters (`EcosystemCounter`) sit beside the others in the same file, under
+`ecosystem/<name>/<counter>`; the store does not know what an ecosystem is, only its name.
 """
 
 from __future__ import annotations
@@ -35,14 +40,46 @@ class Counter(StrEnum):
     GIT_BYTES_FROM_CACHE = "git_bytes_from_cache"
 
 
+class EcosystemCounter(StrEnum):
+    """What is counted per ecosystem, in the order `cache stats` shows it."""
+
+    HITS = "hits"
+    MISSES = "misses"
+    BYTES_FROM_CACHE = "bytes_from_cache"
+    BYTES_FROM_UPSTREAM = "bytes_from_upstream"
+
+
+ECOSYSTEM_PREFIX = "ecosystem/"
+ECOSYSTEM_COUNTERS = frozenset(str(name) for name in EcosystemCounter)
+
+
+def ecosystem_key(ecosystem: str, name: EcosystemCounter) -> str:
+    return f"{ECOSYSTEM_PREFIX}{ecosystem}/{name}"
+
+
+def by_ecosystem(counters: dict[str, int]) -> dict[str, dict[str, int]]:
+    """The per-ecosystem counters of a `read()`: {ecosystem: {counter: value}}, every
+    counter present (0 when never counted), ecosystems in name order."""
+    found: dict[str, dict[str, int]] = {}
+    for key, value in counters.items():
+        ecosystem, _, name = key.removeprefix(ECOSYSTEM_PREFIX).partition("/")
+        if key.startswith(ECOSYSTEM_PREFIX) and name in ECOSYSTEM_COUNTERS:
+            found.setdefault(ecosystem, {str(c): 0 for c in EcosystemCounter})[name] = value
+    return {ecosystem: found[ecosystem] for ecosystem in sorted(found)}
+
+
 class CounterBook:
     def __init__(self, layout: Layout, tmp_dir: Path) -> None:
         self._layout = layout
         self._tmp_dir = tmp_dir
-        self._pending: dict[Counter, int] = {}
+        self._pending: dict[str, int] = {}
 
     def count(self, name: Counter, amount: int = 1) -> None:
         self._pending[name] = self._pending.get(name, 0) + amount
+
+    def count_ecosystem(self, ecosystem: str, name: EcosystemCounter, amount: int = 1) -> None:
+        key = ecosystem_key(ecosystem, name)
+        self._pending[key] = self._pending.get(key, 0) + amount
 
     def flush(self) -> None:
         """Add this process's counts to stats.json (under a lock: processes share it)."""

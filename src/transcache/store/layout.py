@@ -5,6 +5,7 @@ Under the cache dir (versioned, sharded by hash prefix):
     v1/meta/ab/cd/<sha256(key)>     JSON: one entry, or one key's Vary index record
     v1/blobs/ab/cd/<sha256(body)>   the body bytes, exactly as received (never re-encoded)
     v1/tmp/<pid>-<random>/          one process's files in progress, and its lock file
+    v1/tmp/<pid>-<random>/proxy.json  a running proxy's URL, so `cache stats` can ask it
     v1/stats.json                   counters shared by every process using the dir
 
 A path is only ever built from a digest by `shard_path`, which refuses anything but 64
@@ -30,6 +31,7 @@ from pathlib import Path
 LAYOUT = "v1"
 STATS_NAME = "stats.json"
 STATS_LOCK_NAME = "stats.json.lock"
+PROXY_NAME = "proxy.json"
 LOCK_NAME = "lock"
 # Temp dirs are created under this prefix and renamed once locked; a staging dir is left
 # alone this long (its process may be starting).
@@ -132,6 +134,10 @@ class Layout:
 
     def meta_path(self, key: str) -> Path:
         return Path(self.meta_file(key))
+
+    def proxy_files(self) -> list[Path]:
+        """The files in which running proxies announce their URL (some may be gone)."""
+        return sorted(self.tmp.glob(f"*/{PROXY_NAME}"))
 
     def create(self) -> None:
         for directory in (self.meta, self.blobs, self.tmp):

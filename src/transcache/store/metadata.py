@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from .._protocol import Headers
+from .._registries import Ecosystem, shape_of
 from .layout import shard_path, valid_digest
 
 T = TypeVar("T")
@@ -51,9 +53,13 @@ class Entry:
     response_time: float
     body_path: Path
     kind: EntryKind = EntryKind.HTTP
+    ecosystem: Ecosystem = Ecosystem.OTHER
+    # How long the first download took (request sent to body stored): what each hit saves.
+    fetch_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.kind = EntryKind(self.kind)  # callers may pass the kind's text
+        self.ecosystem = Ecosystem(self.ecosystem)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +73,8 @@ class Entry:
             "request_time": self.request_time,
             "response_time": self.response_time,
             "kind": str(self.kind),
+            "ecosystem": self.ecosystem.value,
+            "fetch_seconds": self.fetch_seconds,
         }
 
 
@@ -94,9 +102,11 @@ def parse_record(data: object, blobs: Path) -> Entry | VaryIndex:
     digest = data["digest"]
     if not valid_digest(digest):
         raise MetadataError(f"a digest that is not a sha256: {digest!r}")
+    kind = _kind(data.get("kind", EntryKind.HTTP))
+    url = _field(data, "url", str)
     return Entry(
         key=data["key"],
-        url=_field(data, "url", str),
+        url=url,
         status=_count(data, "status"),
         reason=_latin1(_field(data, "reason", str), "reason"),
         headers=_headers(data.get("headers")),
@@ -105,7 +115,9 @@ def parse_record(data: object, blobs: Path) -> Entry | VaryIndex:
         request_time=_time(data, "request_time"),
         response_time=_time(data, "response_time"),
         body_path=shard_path(blobs, digest),
-        kind=_kind(data.get("kind", EntryKind.HTTP)),
+        kind=kind,
+        ecosystem=_ecosystem(data.get("ecosystem"), kind, url),
+        fetch_seconds=_time(data, "fetch_seconds") if "fetch_seconds" in data else 0.0,
     )
 
 
@@ -155,3 +167,17 @@ def _kind(value: object) -> EntryKind:
         if value == kind:
             return kind
     raise MetadataError(f"an unknown kind: {value!r}")
+
+
+def _ecosystem(value: object, kind: EntryKind, url: str) -> Ecosystem:
+    """The recorded ecosystem; for a record from before it was recorded, what the entry's
+    kind and URL say (without the request's Accept header, which only npm packuments need)."""
+    if value is None:
+        if kind is EntryKind.GIT:
+            return Ecosystem.GIT
+        parts = urlsplit(url)
+        return shape_of(parts.path + ("?" + parts.query if parts.query else "")).ecosystem
+    for ecosystem in Ecosystem:
+        if value == ecosystem.value:
+            return ecosystem
+    raise MetadataError(f"an unknown ecosystem: {value!r}")

@@ -34,8 +34,9 @@ from typing import Any
 import trio
 
 from .blobs import Blob, BlobLedger, BodyWriter, check_blob, evict_blobs, scan
-from .counters import Counter, CounterBook
+from .counters import Counter, CounterBook, EcosystemCounter
 from .layout import (
+    PROXY_NAME,
     Layout,
     Signature,
     TempDir,
@@ -43,6 +44,7 @@ from .layout import (
     replace_private,
     shard_path,
     signature,
+    write_private,
 )
 from .metadata import Entry, MetadataError, VaryIndex, parse_record
 
@@ -69,6 +71,9 @@ class Store:
         self._touched: dict[str, float] = {}
         self._small_bodies: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
+        # Entries in the store, for the proxy's gauges: None until `count_entries` ran, then
+        # kept up to date by this process's own publishes and removals.
+        self.entry_count: int | None = None
 
     @property
     def max_size(self) -> int:
@@ -81,6 +86,11 @@ class Store:
     def close(self) -> None:
         self.flush_counters()
         self._tmp.close()
+
+    def announce(self, url: str) -> None:
+        """Say that a proxy at `url` uses this store, until `close` (which removes the temp
+        dir holding the note; a crashed process's note goes with its stale temp dir)."""
+        write_private(self._tmp.path / PROXY_NAME, json.dumps({"url": url}).encode())
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -123,6 +133,7 @@ class Store:
             self.remove(key)
             return None
         if isinstance(record, Entry) and not self._body_present(record):
+            self._memo[key] = (signature(stat), record)  # so `remove` knows it was an entry
             self.remove(key)
             return None
         self._memo[key] = (signature(stat), record)
@@ -157,9 +168,16 @@ class Store:
         self._memo.pop(key, None)
 
     def remove(self, key: str) -> None:
-        self._memo.pop(key, None)
+        memo = self._memo.pop(key, None)
         with contextlib.suppress(OSError):
             self.layout.meta_path(key).unlink()
+            if self.entry_count and memo is not None and isinstance(memo[1], Entry):
+                self.entry_count -= 1
+
+    async def count_entries(self) -> None:
+        """Count the stored entries once (a worker thread reads every metadata file)."""
+        counted = await trio.to_thread.run_sync(count_entry_files, self.layout.meta)
+        self.entry_count = counted + (self.entry_count or 0)
 
     # -- bodies ------------------------------------------------------------------------------
 
@@ -176,7 +194,10 @@ class Store:
         self.add_blob(blob)
         path = shard_path(self.layout.blobs, blob.digest)
         entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
+        new = not self.layout.meta_path(entry.key).exists()
         self.write_entry(entry)
+        if new:
+            self.entry_count = (self.entry_count or 0) + 1
         return entry
 
     def add_blob(self, blob: Blob) -> None:
@@ -280,5 +301,30 @@ class Store:
     def count(self, name: Counter, amount: int = 1) -> None:
         self.counters.count(name, amount)
 
+    def count_ecosystem(self, ecosystem: str, name: EcosystemCounter, amount: int = 1) -> None:
+        self.counters.count_ecosystem(ecosystem, name, amount)
+
     def flush_counters(self) -> None:
         self.counters.flush()
+
+
+def count_entry_files(meta: Path) -> int:
+    """How many metadata files under `meta` are entries (not Vary indexes); any thread."""
+    count = 0
+    for path in meta.glob("*/*/*"):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_bytes())
+            count += isinstance(data, dict) and "digest" in data
+    return count
+
+
+def announced_urls(layout: Layout) -> list[str]:
+    """The URLs of the proxies that announced themselves on a cache dir (`Store.announce`;
+    a crashed one's may linger until the next proxy starts)."""
+    urls = []
+    for path in layout.proxy_files():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            url = json.loads(path.read_bytes()).get("url")
+            if isinstance(url, str):
+                urls.append(url)
+    return urls

@@ -1,0 +1,116 @@
+"""What the status page shows about recent traffic, kept in memory by one proxy process:
+hit ratios overall, per ecosystem and per host, the upstream time hits saved, the latest
+misses and errors, and the hosts tunnelled blind. Fed by the access log (`Activity` is a
+`Recorder`); `EcosystemCounts` is the recorder that keeps the per-ecosystem counters of
+`cache stats` in the store."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from ._access import UNCOUNTED_METHOD, Exchange
+from ._registries import Ecosystem
+from ._stats import HIT_OUTCOMES, MISS_OUTCOMES
+from .cache.decide import Outcome
+from .store import Store
+from .store.counters import EcosystemCounter
+
+# How many recent misses and errors the page lists; how many hosts it tallies at most (a
+# client sweeping many hosts must not grow memory without bound).
+RECENT = 20
+MAX_HOSTS = 500
+OTHER_HOSTS = "(other hosts)"
+
+
+@dataclass
+class Tally:
+    requests: int = 0
+    hits: int = 0
+    bytes: int = 0
+    bytes_from_cache: int = 0
+    saved_seconds: float = 0.0
+
+    def add(self, exchange: Exchange, hit: bool) -> None:
+        self.requests += 1
+        self.bytes += exchange.served_bytes
+        if hit:
+            self.hits += 1
+            self.bytes_from_cache += exchange.served_bytes
+            self.saved_seconds += exchange.saved_seconds
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.requests if self.requests else 0.0
+
+    @property
+    def byte_ratio(self) -> float:
+        return self.bytes_from_cache / self.bytes if self.bytes else 0.0
+
+
+@dataclass(frozen=True)
+class Recent:
+    when: float  # epoch seconds
+    url: str
+    status: int
+    detail: str  # the outcome of a miss, the reason of an error
+
+
+@dataclass
+class Activity:
+    started: float = field(default_factory=time.time)
+    total: Tally = field(default_factory=Tally)
+    by_ecosystem: dict[Ecosystem, Tally] = field(default_factory=dict)
+    by_host: dict[str, Tally] = field(default_factory=dict)
+    misses: deque[Recent] = field(default_factory=lambda: deque(maxlen=RECENT))
+    errors: deque[Recent] = field(default_factory=lambda: deque(maxlen=RECENT))
+    passthrough: dict[str, int] = field(default_factory=dict)  # host:port -> tunnels
+
+    def record(self, exchange: Exchange, seconds: float) -> None:
+        if exchange.method == UNCOUNTED_METHOD:
+            if exchange.status == 200 and exchange.bytes:  # a blind tunnel that ran
+                self.passthrough[exchange.url] = self.passthrough.get(exchange.url, 0) + 1
+            return
+        if not exchange.counted:
+            return
+        outcome = exchange.outcome
+        hit = outcome in HIT_OUTCOMES
+        self.total.add(exchange, hit)
+        self.by_ecosystem.setdefault(exchange.ecosystem or Ecosystem.OTHER, Tally()).add(
+            exchange, hit
+        )
+        self._host_tally(exchange.url).add(exchange, hit)
+        now = time.time()
+        if outcome in MISS_OUTCOMES:
+            self.misses.appendleft(Recent(now, exchange.url, exchange.status, outcome.value))
+        elif outcome is Outcome.ERROR and exchange.status >= 500:
+            reason = exchange.error or ""
+            self.errors.appendleft(Recent(now, exchange.url, exchange.status, reason))
+
+    def _host_tally(self, url: str) -> Tally:
+        host = urlsplit(url).hostname or "-"
+        if host not in self.by_host and len(self.by_host) >= MAX_HOSTS:
+            host = OTHER_HOSTS
+        return self.by_host.setdefault(host, Tally())
+
+
+class EcosystemCounts:
+    """Hits, misses and bytes per ecosystem, into the store's counters (`cache stats`)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def record(self, exchange: Exchange, seconds: float) -> None:
+        if not exchange.counted or exchange.ecosystem is None:
+            return
+        ecosystem = exchange.ecosystem.value
+        if exchange.outcome in HIT_OUTCOMES:
+            self.store.count_ecosystem(ecosystem, EcosystemCounter.HITS)
+            self.store.count_ecosystem(ecosystem, EcosystemCounter.BYTES_FROM_CACHE, exchange.bytes)
+        elif exchange.outcome in MISS_OUTCOMES:
+            self.store.count_ecosystem(ecosystem, EcosystemCounter.MISSES)
+            self.store.count_ecosystem(
+                ecosystem, EcosystemCounter.BYTES_FROM_UPSTREAM, exchange.served_bytes
+            )
