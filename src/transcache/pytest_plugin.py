@@ -175,18 +175,21 @@ class SessionProxy:
             os.environ[name] = value
 
     def summary_lines(self, stats: ProxyStats, url: str) -> list[str]:
+        from .cli._human import plural, size
+
         total = stats.total
+        misses = len(total.offline_misses)
         lines = [
-            f"transcache: {total.requests} requests through {url}: {total.hits} from the cache, "
-            f"{total.upstream_requests} upstream ({_size(total.upstream_bytes)}, "
+            f"transcache: {plural(total.requests, 'request')} through {url}: {total.hits} from "
+            f"the cache, {total.upstream_requests} upstream ({size(total.upstream_bytes)}, "
             f"{total.upstream_seconds:.2f}s)"
-            + (f", {len(total.offline_misses)} offline misses" if total.offline_misses else ""),
+            + (f", {plural(misses, 'offline miss', 'offline misses')}" if misses else ""),
         ]
         upstream = [(nodeid, c) for nodeid, c in self._by_test(stats) if c.upstream_requests]
         if upstream:
             lines.append("tests that went upstream:")
             lines += [
-                f"  {nodeid}: {c.upstream_requests} requests, {_size(c.upstream_bytes)}, "
+                f"  {nodeid}: {plural(c.upstream_requests, 'request')}, {size(c.upstream_bytes)}, "
                 f"{c.upstream_seconds:.2f}s"
                 for nodeid, c in upstream
             ]
@@ -247,12 +250,3 @@ def transcache_env(request: pytest.FixtureRequest, transcache_proxy: Proxy) -> d
     env=transcache_env)` sends a subprocess through the proxy, counted for this test."""
     tag = _plugin(request.config).tag(request.node.nodeid)
     return {**os.environ, **transcache_proxy.env_for(tag)}
-
-
-def _size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
