@@ -209,6 +209,11 @@ class UpstreamPool:
         self._idle: dict[Origin, list[_Connection]] = {}
         self.read_timeout = config.upstream_timeout
 
+    def reload(self, config: Config) -> None:
+        """Check new connections against `config` (ports, destinations, offline mode)."""
+        self._config = config
+        self.read_timeout = config.upstream_timeout
+
     async def open_tcp(self, origin: Origin) -> trio.SocketStream:
         """A plain TCP connection to the origin (also used for passthrough tunnels), once its
         port and every address it resolves to passed the checks; ForbiddenError if not.

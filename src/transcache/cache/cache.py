@@ -59,16 +59,22 @@ Answer = tuple[ResponseSource, Outcome]
 
 class Cache:
     def __init__(self, config: Config, store: Store | None, pool: Upstream) -> None:
-        self.config = config
         self.store = store
         self.pool = pool
+        self.reload(config)
+        self._downloads = Downloads(store) if store is not None else None
+        self._nursery: trio.Nursery | None = None
+
+    def reload(self, config: Config) -> None:
+        """Decide new requests by `config`'s rules, mode and size limit."""
+        self.config = config
         self.rules = (*config.rules, *policy.DEFAULT_RULES)
         if config.offline:
             self.mode = Mode.OFFLINE
         else:
-            self.mode = Mode.ONLINE if store is not None else Mode.PASS_THROUGH
-        self._downloads = Downloads(store) if store is not None else None
-        self._nursery: trio.Nursery | None = None
+            self.mode = Mode.ONLINE if self.store is not None else Mode.PASS_THROUGH
+        if self.store is not None:
+            self.store.max_size = config.max_size
 
     @property
     def downloads(self) -> Downloads:
