@@ -35,14 +35,20 @@ def lines_with(path: Path, needle: str) -> list[str]:
         time.sleep(0.02)
 
 
+def proxy_never_caching(
+    origin: Origin, start_proxy: StartProxy, config: Path, path: str
+) -> tuple[ProxyProcess, str]:
+    """A proxy whose config file says never to cache wheels, and the URL of a wheel at `path`."""
+    config.write_text(NEVER_CACHE_FILES)
+    origin.add_file(path, b"wheel")
+    return start_proxy(origin, args=["--config", str(config)]), origin.url("files.test", path)
+
+
 def test_sighup_applies_a_changed_rule_from_the_config_file(
     origin: Origin, start_proxy: StartProxy, home: Path, tmp_path: Path
 ) -> None:
     config = tmp_path / "transcache.toml"
-    config.write_text(NEVER_CACHE_FILES)
-    origin.add_file("/a.whl", b"wheel")
-    url = origin.url("files.test", "/a.whl")
-    proxy = start_proxy(origin, args=["--config", str(config)])
+    proxy, url = proxy_never_caching(origin, start_proxy, config, "/a.whl")
     env = client_env(home, proxy.env())
     fetch(env, url)
     fetch(env, url)
@@ -60,10 +66,7 @@ def test_sighup_with_a_broken_config_file_keeps_the_running_settings(
     origin: Origin, start_proxy: StartProxy, home: Path, tmp_path: Path
 ) -> None:
     config = tmp_path / "transcache.toml"
-    config.write_text(NEVER_CACHE_FILES)
-    origin.add_file("/b.whl", b"wheel")
-    url = origin.url("files.test", "/b.whl")
-    proxy = start_proxy(origin, args=["--config", str(config)])
+    proxy, url = proxy_never_caching(origin, start_proxy, config, "/b.whl")
     config.write_text("[[rule]\n")
     proxy.process.send_signal(signal.SIGHUP)
     assert proxy.log_lines("SIGHUP: keeping the running settings"), proxy.log
