@@ -57,7 +57,7 @@ def wheel(dist: Path) -> Path:
 
 def test_twine_check_passes_the_sdist_and_the_wheel(dist: Path) -> None:
     built = sorted(dist.iterdir())
-    assert [p.suffix for p in built] == [".gz", ".whl"]  # transcache-0.1.0.tar.gz and the wheel
+    assert sorted(p.suffix for p in built) == [".gz", ".whl"]  # the sdist (.tar.gz), the wheel
     result = subprocess.run(
         [sys.executable, "-m", "twine", "check", "--strict", *map(str, built)],
         capture_output=True,
