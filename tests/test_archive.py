@@ -124,7 +124,7 @@ def test_export_takes_only_entries_whose_url_matches_the_pattern(
         "*.whl",
     )
     assert status == 0
-    assert "exported 1 entries (1 bodies, 11 bytes)" in out
+    assert "exported 1 entry (1 body, 11 bytes)" in out
     status, _ = transcache(
         capsys, "cache", "import", "--cache-dir", str(tmp_path / "b"), str(archive)
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from transcache.install.doctor import CLIENTS
+from transcache.install.doctor import CLIENTS, failure_reason, probe_environment
 from transcache.install.doctor_pages import doctor_wheel
 
 from .installhome import TRANSCACHE
@@ -64,10 +64,75 @@ def installed_clients(env: dict[str, str]) -> list[str]:
 def test_doctor_reports_ok_for_each_installed_client(user_env: dict[str, str]) -> None:
     result = doctor(user_env)
     found = report(result)
-    assert set(found) == set(installed_clients(user_env))
-    assert {"pip", "uv", "git", "curl"} <= set(found)
-    assert all(status == "OK" for status in found.values()), result.stdout
+    installed = installed_clients(user_env)
+    assert {"pip", "uv", "git", "curl"} <= set(installed)
+    assert {name: found[name] for name in installed} == dict.fromkeys(installed, "OK"), found
+    assert set(found) == {c.name for c in CLIENTS}
     assert result.returncode == 0
+
+
+def test_doctor_lists_clients_that_are_not_installed(tmp_path: Path) -> None:
+    result = doctor({"PATH": str(tmp_path), "HOME": str(tmp_path)})
+    assert report(result) == {c.name: "not installed" for c in CLIENTS}
+    assert result.returncode == 0
+
+
+# What cargo printed with RUST_BACKTRACE=full set by the user (abridged): doctor used to
+# report its last line, "13: <unknown>".
+CARGO_BACKTRACE = """\
+    Updating `transcache-doctor` index
+error: failed to query replaced source registry `crates-io`
+
+Caused by:
+  download of config.json failed
+
+Caused by:
+  [60] SSL peer certificate or SSH remote key was not OK (SSL certificate problem: unable to \
+get local issuer certificate)
+Stack backtrace:
+   0: anyhow::error::<impl anyhow::Error>::msg
+   1: cargo::sources::registry::http_remote::HttpRegistry::handle_completed_downloads
+  12: __libc_start_main
+  13: <unknown>
+"""
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        (
+            CARGO_BACKTRACE,
+            "error: failed to query replaced source registry `crates-io`: [60] SSL peer "
+            "certificate or SSH remote key was not OK (SSL certificate problem: unable to get "
+            "local issuer certificate)",
+        ),
+        (
+            "Looking in indexes: https://transcache.invalid/simple/\n"
+            "WARNING: Retrying (Retry(total=4)) after connection broken\n"
+            "ERROR: Could not find a version that satisfies the requirement transcache-doctor\n"
+            "ERROR: No matching distribution found for transcache-doctor\n",
+            "ERROR: Could not find a version that satisfies the requirement transcache-doctor",
+        ),
+        (
+            "fatal: unable to access 'https://transcache.invalid/git/doctor.git/': "
+            "SSL certificate problem\n",
+            "fatal: unable to access 'https://transcache.invalid/git/doctor.git/': "
+            "SSL certificate problem",
+        ),
+        ("\x1b[31mnpm error\x1b[0m code ECONNREFUSED\n", "npm error code ECONNREFUSED"),
+        ("something went wrong\n   at Object.<anonymous> (x.js:1:1)\n", "something went wrong"),
+        ("", "failed without a message"),
+    ],
+)
+def test_a_clients_failure_is_reported_by_its_error_line(output: str, reason: str) -> None:
+    assert failure_reason(output) == reason
+
+
+def test_probes_run_without_the_users_backtrace_settings() -> None:
+    cargo = next(c for c in CLIENTS if c.name == "cargo")
+    env = probe_environment(cargo, {"PATH": "/bin", "RUST_BACKTRACE": "full"})
+    assert "RUST_BACKTRACE" not in env
+    assert env["PATH"] == "/bin" and env["CARGO_NET_RETRY"] == "0"
 
 
 @pytest.mark.parametrize(

@@ -146,5 +146,5 @@ def test_exec_offline_fails_when_anything_was_not_in_the_cache(
     # curl without --fail exits 0 on the 504; exec still fails the run and names the URL.
     miss = exec_(offline, ["curl", "--silent", "--output", "/dev/null", missing], env)
     assert miss.returncode == 1
-    assert f"1 offline misses: {missing}" in miss.stderr
+    assert f"1 offline miss: {missing}" in miss.stderr
     assert origin.requests_to("/never-fetched.whl") == []

@@ -5,6 +5,7 @@ shell sees the variables, and that uninstall leaves the user's files byte-identi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -113,6 +114,23 @@ def test_uninstall_keeps_a_file_edited_after_install_and_says_so(home: Home) -> 
     assert "MINE=1" in env_sh.read_text()
 
 
+def test_uninstall_dry_run_lists_what_uninstall_undoes_and_changes_nothing(home: Home) -> None:
+    home.transcache("install")
+    cache = home.path / ".cache" / "transcache"
+    cache.mkdir(parents=True)
+    before = snapshot(home.path)
+    dry = home.transcache("uninstall", "--dry-run", "--purge").stdout
+    assert snapshot(home.path) == before
+    unit = home.config_dir / "systemd" / "user" / "transcache.service"
+    assert f"remove transcache's file from {unit}" in dry
+    assert f"remove transcache's block from {home.path / '.bashrc'}" in dry
+    assert "  $ systemctl --user disable transcache.service" in dry
+    assert f"remove {home.data_dir / 'ca'}\n" in dry
+    assert f"remove {cache}\n" in dry
+    home.transcache("uninstall", "--purge")
+    assert home.transcache("uninstall", "--dry-run").stdout == "nothing to uninstall\n"
+
+
 def test_purge_removes_the_ca_and_the_cache(home: Home) -> None:
     home.transcache("install")
     cache = home.path / ".cache" / "transcache"
@@ -174,22 +192,40 @@ def test_env_follows_the_installed_address(home: Home) -> None:
 
 def test_status_json_reports_service_ca_and_missing_variables(home: Home) -> None:
     home.transcache("install")
-    status = json.loads(home.transcache("status", "--json").stdout)
+    status = json.loads(home.transcache("status", "--json", check=False).stdout)
     assert status["installed"] and status["service_file"] and status["enabled"]
     assert status["answering"] is False
     assert status["ca_expires"].startswith("20")
     assert status["bundle_age_seconds"] >= 0
     assert "https_proxy" in status["missing_variables"]
-    text = home.transcache("status").stdout
+    text = home.transcache("status", check=False).stdout
     assert "installed      yes\n" in text
     assert "service        file present, enabled\n" in text
     assert "proxy          http://127.0.0.1:8797 not answering\n" in text
     assert "logs           journalctl --user -u transcache.service\n" in text
+    assert re.search(r"\(written (just now|1 second ago|\d+ seconds ago)\)\n", text), text
     shell_env = home.env(expected_env(home))
-    assert (
-        json.loads(home.transcache("status", "--json", env=shell_env).stdout)["missing_variables"]
-        == []
-    )
+    missing = home.transcache("status", "--json", env=shell_env, check=False).stdout
+    assert json.loads(missing)["missing_variables"] == []
+
+
+def test_status_exits_non_zero_and_says_how_to_start_an_installed_service_that_is_down(
+    home: Home,
+) -> None:
+    home.transcache("install")
+    for args in (["status"], ["status", "--json"]):
+        result = home.transcache(*args, check=False)
+        assert result.returncode == 3, result
+    assert "start it with `systemctl --user start transcache.service`" in result.stderr
+
+
+def test_status_after_uninstall_names_no_logs_and_exits_0(home: Home) -> None:
+    home.transcache("install")
+    home.transcache("uninstall")
+    result = home.transcache("status")
+    assert "installed      no\n" in result.stdout
+    assert "journalctl" not in result.stdout and "logs" not in result.stdout
+    assert json.loads(home.transcache("status", "--json").stdout)["logs"] == ""
 
 
 # -- the property: install + uninstall is the identity on any startup file ----------------

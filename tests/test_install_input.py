@@ -217,6 +217,7 @@ def test_systemd_accepts_the_unit_and_finds_the_interpreter(
         "Description",
         "Type",
         "ExecStart",
+        "ExecReload",
         "UnsetEnvironment",
         "Restart",
         "RestartSec",

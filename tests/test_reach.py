@@ -5,11 +5,13 @@ listens: loopback only until it has authentication."""
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -211,9 +213,28 @@ def test_listening_beyond_loopback_needs_authentication(tmp_path: Path, address:
 
 def test_allow_unauthenticated_listens_with_a_warning(tmp_path: Path) -> None:
     first, err, _ = run_listening_on(tmp_path, "0.0.0.0:0", "--allow-unauthenticated")
-    assert first.startswith(LISTENING_PREFIX + "http://0.0.0.0:")
+    assert first.startswith(LISTENING_PREFIX + "http://")
     assert "WARNING" in err
     assert "no authentication" in err
+
+
+def test_a_wildcard_listener_gives_clients_an_address_of_this_machine(tmp_path: Path) -> None:
+    with Proxy(
+        listen="0.0.0.0:0",
+        allow_unauthenticated=True,
+        ca_dir=tmp_path / "ca",
+        cache_dir=tmp_path / "cache",
+    ) as proxy:
+        url = urlsplit(proxy.url)
+        assert url.hostname is not None and url.port is not None
+        assert not ipaddress.ip_address(url.hostname).is_unspecified
+        assert proxy.env["HTTPS_PROXY"] == proxy.url
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        try:
+            connection.request("GET", "/healthz")
+            assert connection.getresponse().status == 200
+        finally:
+            connection.close()
 
 
 def test_api_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ def test_rendered_units_pass_systemd_analyze_verify(home: Home) -> None:
     assert result.returncode == 0, result.stderr
     text = service.read_text()
     assert "Type=notify" in text and "Restart=on-failure" in text
+    assert "ExecReload=/bin/kill -HUP $MAINPID\n" in text
     unset = next(line for line in text.splitlines() if line.startswith("UnsetEnvironment="))
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE"):
         assert name in unset.split("=", 1)[1].split()

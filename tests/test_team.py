@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import trustme
 import uv
+from prometheus_client.parser import text_string_to_metric_families
 
 from transcache._auth import ANONYMOUS, Credentials, Gate, Identity
 from transcache._config import ConfigError
@@ -228,3 +230,34 @@ def test_clients_reach_the_proxy_over_tls(
         {**env, "SSL_CERT_FILE": str(bundle)},
     )  # fmt: skip
     assert any(target.glob("alpha*"))
+
+
+def test_sighup_rereads_the_auth_file(
+    team_proxy: ProxyProcess, origin: Origin, home: Path, auth_file: Path
+) -> None:
+    env = client_env(home, team_proxy.env())
+    url = origin.url("files.test", "/echo")
+    refused = curl(env, "--proxy-user", "carol:new-token", url, check=False)
+    assert "407" in refused.stderr
+    auth_file.write_text(auth_file.read_text() + "carol:new-token\n")
+    team_proxy.process.send_signal(signal.SIGHUP)
+    team_proxy.log_lines("SIGHUP: settings reloaded")
+    assert curl(env, "--proxy-user", "carol:new-token", url).returncode == 0
+
+
+def test_metrics_need_a_user_and_count_each_users_requests(
+    team_proxy: ProxyProcess, origin: Origin, home: Path
+) -> None:
+    env = client_env(home, team_proxy.env())
+    curl(env, "--proxy-user", f"alice:{TOKEN}", origin.url("files.test", "/echo"))
+    bare = {"PATH": os.environ["PATH"]}
+    denied = curl(bare, "--write-out", "%{http_code}", f"{team_proxy.url}/metrics")
+    assert denied.stdout.endswith("401")
+    text = curl(bare, "--fail", "--user", "bob:another-token", f"{team_proxy.url}/metrics").stdout
+    users = {
+        sample.labels["user"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "transcache_user_requests_total"
+    }
+    assert users == {"alice": 1.0}

@@ -1,14 +1,18 @@
-"""The wheel, built offline from a copy of this checkout: it holds every module of src/ and
-the service templates of the top-level service/ directory, and code imported from the
-installed wheel (its files unpacked on sys.path, as an installer lays them out) reads the
-templates through importlib.resources."""
+"""The distributions, built offline from a copy of this checkout as `python -m build` does
+(an sdist, then the wheel from it): the wheel holds every module of src/ and the service
+templates of the top-level service/ directory, code imported from the installed wheel (its
+files unpacked on sys.path, as an installer lays them out) reads the templates through
+importlib.resources, `twine check` passes both, and the wheel installs into a clean venv
+and runs there (what docs/install.md tells users to do)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import subprocess
 import sys
+import venv
 import zipfile
 from pathlib import Path
 
@@ -19,10 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "src", "service")
 TEMPLATES = ("transcache.service", "transcache.socket", "launchd.plist")
 BUILD_TIMEOUT = 300.0
+INSTALL_TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the sdist and the wheel."""
     # A copy, so the build's own files (build/, *.egg-info) stay out of the checkout.
     tree = tmp_path_factory.mktemp("tree")
     for name in BUILD_INPUTS:
@@ -34,14 +40,73 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(source, tree / name)
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)],
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist)],
         cwd=tree,
         capture_output=True,
         timeout=BUILD_TIMEOUT,
         check=True,
     )
+    return dist
+
+
+@pytest.fixture(scope="module")
+def wheel(dist: Path) -> Path:
     (built,) = dist.glob("transcache-*.whl")
     return built
+
+
+def test_twine_check_passes_the_sdist_and_the_wheel(dist: Path) -> None:
+    built = sorted(dist.iterdir())
+    assert sorted(p.suffix for p in built) == [".gz", ".whl"]  # the sdist (.tar.gz), the wheel
+    result = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *map(str, built)],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_into_a_clean_venv_and_runs(wheel: Path, tmp_path: Path) -> None:
+    # The dependencies come from PyPI once (pip's own HTTP cache keeps them for later runs);
+    # the install itself then reads nothing but the wheelhouse.
+    wheelhouse = tmp_path / "wheelhouse"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "download", "--quiet", "--dest", str(wheelhouse), str(wheel)],
+        capture_output=True,
+        timeout=INSTALL_TIMEOUT,
+        check=True,
+    )
+    target = tmp_path / "venv"
+    venv.create(target, with_pip=True)
+    subprocess.run(
+        [
+            str(target / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-index",
+            "--find-links",
+            str(wheelhouse),
+            "transcache",
+        ],
+        capture_output=True,
+        timeout=INSTALL_TIMEOUT,
+        check=True,
+    )
+    result = subprocess.run(
+        [str(target / "bin" / "transcache"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout == f"transcache {importlib.metadata.version('transcache')}\n"
 
 
 def test_wheel_holds_every_module_and_the_service_templates(wheel: Path) -> None:

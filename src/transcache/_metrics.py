@@ -98,6 +98,12 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.users = Counter(
+            "transcache_user_requests",
+            "requests answered, by authenticated user (--auth-file)",
+            ["user"],
+            registry=registry,
+        )
         self.handshakes = Counter(
             "transcache_tls_handshakes",
             "TLS handshakes with clients, by result",
@@ -114,6 +120,8 @@ class Metrics:
         ecosystem = exchange.ecosystem or Ecosystem.OTHER
         self.requests.labels(outcome.value, ecosystem.value).inc()
         self.durations.labels(outcome.value).observe(seconds)
+        if exchange.user is not None:
+            self.users.labels(exchange.user).inc()
         if exchange.served_bytes:
             self.bytes.labels(byte_source(outcome)).inc(exchange.served_bytes)
 

@@ -9,11 +9,16 @@ Each connection runs the HTTP/1.1 loop (_connection); the server routes what it 
 Nothing a client sends can end the server or leave a task behind: past the connection cap an
 idle connection makes room or the newcomer gets a 503, and running out of descriptors makes
 accept() back off rather than fail.
+
+`reload` swaps in a new Config (SIGHUP re-reads the config file): new connections and new
+requests follow it, those in progress finish under the old one. What was set up once at the
+start keeps its value until a restart (RESTART_SETTINGS).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -50,6 +55,22 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, er
 # Pause between accept attempts while descriptors are exhausted (trio's serve_listeners
 # waits as long, but logs a traceback at every attempt).
 ACCEPT_BACKOFF_SECONDS = 0.1
+# Settings a reload cannot change, and why: the listening sockets are bound (or the service
+# manager's, under socket activation); the CA signs the leaves clients already hold and the
+# bundle they trust; the store is open and downloads in flight write into it; the upstream
+# roots are loaded once and the pooled connections were verified against them; the proxy's own
+# TLS and which auth file (its users are re-read) are set up with the listeners.
+RESTART_SETTINGS = (
+    "listen_host",
+    "listen_port",
+    "ca_dir",
+    "cache",
+    "cache_dir",
+    "upstream_ca",
+    "auth_file",  # its users are re-read; which file (or none) only at a restart
+    "tls_cert",
+    "tls_key",
+)
 
 
 class ProxyServer:
@@ -84,10 +105,21 @@ class ProxyServer:
         # TLS to the proxy itself (--tls-cert): clients use an https:// proxy URL.
         self.tls = _proxy_tls_context(config)
 
-    def reload_credentials(self) -> None:
-        """Re-read the auth file (SIGHUP); ConfigError leaves the users as they were."""
-        if self.config.auth_file is not None:
-            self.gate.credentials = Credentials.load(self.config.auth_file)
+    def reload(self, config: Config) -> list[str]:
+        """Serve with `config` from now on, except RESTART_SETTINGS, which keep their values;
+        returns those of them that `config` changes (they need a restart)."""
+        ignored = [n for n in RESTART_SETTINGS if getattr(config, n) != getattr(self.config, n)]
+        config = dataclasses.replace(
+            config, **{name: getattr(self.config, name) for name in RESTART_SETTINGS}
+        )
+        if config.auth_file is not None:  # re-read: users added or revoked (ConfigError: kept)
+            self.gate.credentials = Credentials.load(config.auth_file)
+        self.config = self.connections.config = self.tunnels.config = config
+        self.pool.reload(config)
+        self.cache.reload(config)
+        if config.max_connections is not None:
+            self.slots.limit = config.max_connections
+        return ignored
 
     @property
     def address(self) -> tuple[str, int]:

@@ -226,6 +226,11 @@ class UpstreamPool:
         if self.watcher is not None:
             self.watcher.failed(error)
 
+    def reload(self, config: Config) -> None:
+        """Check new connections against `config` (ports, destinations, offline mode)."""
+        self._config = config
+        self.read_timeout = config.upstream_timeout
+
     async def open_tcp(self, origin: Origin) -> trio.SocketStream:
         """A plain TCP connection to the origin (also used for passthrough tunnels), once its
         port and every address it resolves to passed the checks; ForbiddenError if not.

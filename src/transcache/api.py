@@ -4,8 +4,10 @@ environment a subprocess needs to go through the proxy."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import resource
+import socket
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +31,10 @@ from .store import Store
 
 # Where an embedded proxy listens unless told: a free loopback port, not the service's.
 DEFAULT_LISTEN = "127.0.0.1:0"
+# Documentation addresses (RFC 5737, RFC 3849) whose route names the address this machine is
+# reached at: a UDP connect looks up the route and sends nothing.
+ROUTE_PROBES = {socket.AF_INET: "203.0.113.1", socket.AF_INET6: "2001:db8::1"}
+PROBE_PORT = 9
 
 log = logging.getLogger("transcache")
 
@@ -121,8 +127,28 @@ def check_exposure(config: Config, listeners: list[trio.SocketListener] | None) 
     )
 
 
+def advertised_host(host: str) -> str:
+    """The address clients are told to use for a proxy listening on `host`: for a wildcard
+    (0.0.0.0, ::), the address the machine's default route leaves from, which other hosts of
+    that network reach; loopback when there is no route. Other hosts are themselves."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if not address.is_unspecified:
+        return host
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((ROUTE_PROBES[family], PROBE_PORT))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "::1" if address.version == 6 else "127.0.0.1"
+
+
 def proxy_url(server: ProxyServer) -> str:
     host, port = server.address
+    host = advertised_host(host)
     scheme = "https" if server.tls is not None else "http"
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 

@@ -31,7 +31,6 @@ import pytest
 
 from ._config import Config, ConfigError
 from ._launch import proxy_variable_names, tagged_url
-from ._units import human_size
 
 if TYPE_CHECKING:  # the proxy, and trio with it, load when a session first needs one
     from ._stats import Counters, ProxyStats
@@ -176,18 +175,21 @@ class SessionProxy:
             os.environ[name] = value
 
     def summary_lines(self, stats: ProxyStats, url: str) -> list[str]:
+        from .cli._human import plural, size
+
         total = stats.total
+        misses = len(total.offline_misses)
         lines = [
-            f"transcache: {total.requests} requests through {url}: {total.hits} from the cache, "
-            f"{total.upstream_requests} upstream ({human_size(total.upstream_bytes)}, "
+            f"transcache: {plural(total.requests, 'request')} through {url}: {total.hits} from "
+            f"the cache, {total.upstream_requests} upstream ({size(total.upstream_bytes)}, "
             f"{total.upstream_seconds:.2f}s)"
-            + (f", {len(total.offline_misses)} offline misses" if total.offline_misses else ""),
+            + (f", {plural(misses, 'offline miss', 'offline misses')}" if misses else ""),
         ]
         upstream = [(nodeid, c) for nodeid, c in self._by_test(stats) if c.upstream_requests]
         if upstream:
             lines.append("tests that went upstream:")
             lines += [
-                f"  {nodeid}: {c.upstream_requests} requests, {human_size(c.upstream_bytes)}, "
+                f"  {nodeid}: {plural(c.upstream_requests, 'request')}, {size(c.upstream_bytes)}, "
                 f"{c.upstream_seconds:.2f}s"
                 for nodeid, c in upstream
             ]

@@ -61,18 +61,24 @@ class Cache:
     def __init__(
         self, config: Config, store: Store | None, pool: Upstream, clock: Clock = now
     ) -> None:
-        self.config = config
         self.store = store
         self.pool = pool
+        self.clock = clock
+        self.reload(config)
+        self._downloads = Downloads(store, clock) if store is not None else None
+        self._refreshing: set[str] = set()  # keys revalidated in the background now
+        self._nursery: trio.Nursery | None = None
+
+    def reload(self, config: Config) -> None:
+        """Decide new requests by `config`'s rules, index window, mode and size limit."""
+        self.config = config
         self.freshness = Freshness(config.rules, config.index_ttl, config.strict_client_reload)
         if config.offline:
             self.mode = Mode.OFFLINE
         else:
-            self.mode = Mode.ONLINE if store is not None else Mode.PASS_THROUGH
-        self.clock = clock
-        self._downloads = Downloads(store, clock) if store is not None else None
-        self._refreshing: set[str] = set()  # keys revalidated in the background now
-        self._nursery: trio.Nursery | None = None
+            self.mode = Mode.ONLINE if self.store is not None else Mode.PASS_THROUGH
+        if self.store is not None:
+            self.store.max_size = config.max_size
 
     @property
     def downloads(self) -> Downloads:

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._config import DEFAULT_MAX_SIZE, parse_size
+from ._human import plural, size
 from ._options import EXIT_FAILURE, add_cache_dir, cli_value, existing_file
+from ._progress import of_entries, progress
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -134,7 +136,7 @@ def _stats(store: Store, args: argparse.Namespace) -> int:
         )
         return 0
     print(f"entries              {stats.entries}")
-    print(f"bytes stored         {stats.bytes}")
+    print(f"bytes stored         {size(stats.bytes)}")
     for name, value in counters.items():
         print(f"{name.replace('_', ' '):<20} {value}")
     if ecosystems:
@@ -157,15 +159,16 @@ def _ls(store: Store, args: argparse.Namespace) -> int:
         if fnmatch.fnmatchcase(entry.url, args.pattern):
             stored = time.strftime(LS_TIME_FORMAT, time.gmtime(entry.response_time))
             ecosystem = entry.ecosystem.value
-            print(f"{entry.size:>12} {entry.status} {stored} {ecosystem:<8} {entry.url}")
+            print(f"{size(entry.size):>10} {entry.status} {stored} {ecosystem:<8} {entry.url}")
     return 0
 
 
 def _prune(store: Store, args: argparse.Namespace) -> int:
     from ..store import maintenance
 
-    removed, freed = maintenance.prune(store)
-    print(f"removed {removed} entries without a body, evicted {freed} bytes")
+    with progress("prune", of_entries) as shown:
+        removed, freed = maintenance.prune(store, shown)
+    print(f"removed {plural(removed, 'entry', 'entries')} without a body, evicted {size(freed)}")
     return 0
 
 
@@ -192,10 +195,11 @@ def _clear(store: Store, args: argparse.Namespace) -> int:
 def _verify(store: Store, args: argparse.Namespace) -> int:
     from ..store import maintenance
 
-    checked, corrupt = maintenance.verify(store)
+    with progress("verify") as shown:
+        checked, corrupt = maintenance.verify(store, shown)
     for path in corrupt:
         print(f"removed corrupt body {path}")
-    print(f"verified {checked} bodies, {len(corrupt)} corrupt")
+    print(f"verified {plural(checked, 'body', 'bodies')}, {len(corrupt)} corrupt")
     return 1 if corrupt else 0
 
 
@@ -205,7 +209,8 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     from ..store.archive import export_archive
 
     try:
-        result = export_archive(store, args.file, args.pattern, args.since)
+        with progress("export") as shown:
+            result = export_archive(store, args.file, args.pattern, args.since, shown)
     except tarfile.TarError as exc:
         return _not_an_archive(args.file, exc)
     _print_archive_result(result, "exported", f"to {args.file}")
@@ -218,7 +223,8 @@ def _import(store: Store, args: argparse.Namespace) -> int:
     from ..store.archive import import_archive
 
     try:
-        result = import_archive(store, args.file)
+        with progress("import") as shown:
+            result = import_archive(store, args.file, shown)
     except tarfile.TarError as exc:
         return _not_an_archive(args.file, exc)
     _print_archive_result(result, "imported", f"from {args.file}")
@@ -233,4 +239,6 @@ def _not_an_archive(path: Path, error: Exception) -> int:
 def _print_archive_result(result: ArchiveResult, verb: str, where: str) -> None:
     for reason in result.skipped:
         print(f"skipped {reason}")
-    print(f"{verb} {result.entries} entries ({result.bodies} bodies, {result.bytes} bytes) {where}")
+    entries = plural(result.entries, "entry", "entries")
+    bodies = plural(result.bodies, "body", "bodies")
+    print(f"{verb} {entries} ({bodies}, {size(result.bytes)}) {where}")

@@ -11,6 +11,7 @@ import shutil
 import sys
 from typing import TYPE_CHECKING
 
+from ._human import plural, size
 from ._options import EXIT_FAILURE, EXIT_USAGE
 from .install import installed_settings
 from .run import add_run_options, config_from
@@ -79,13 +80,14 @@ def summary_line(result: ExecResult) -> str:
     if counters is None:
         return f"transcache: through the service at {result.proxy_url}"
     line = (
-        f"transcache: {counters.requests} requests through {result.proxy_url}, {counters.hits} "
-        f"from cache, {counters.bytes_from_cache} bytes from cache, "
-        f"{counters.upstream_bytes} from upstream"
+        f"transcache: {plural(counters.requests, 'request')} through {result.proxy_url}, "
+        f"{counters.hits} from cache, {size(counters.bytes_from_cache)} from cache, "
+        f"{size(counters.upstream_bytes)} from upstream"
     )
     if counters.offline_misses:
         shown = ", ".join(counters.offline_misses[:MISSES_SHOWN])
-        more = len(counters.offline_misses) - MISSES_SHOWN
-        line += f"; {len(counters.offline_misses)} offline misses: {shown}"
+        misses = len(counters.offline_misses)
+        more = misses - MISSES_SHOWN
+        line += f"; {plural(misses, 'offline miss', 'offline misses')}: {shown}"
         line += f" (+{more} more)" if more > 0 else ""
     return line

@@ -12,13 +12,17 @@ from typing import TYPE_CHECKING
 
 from .._config import DEFAULT_PORT
 from ..install.settings import TRUST_CHOICES, Settings
+from ._human import age, plural
 from ._options import add_ca_dir, add_cache_dir, listen_address
 
 if TYPE_CHECKING:
     from ..install.installer import Machine
+    from ..install.status import Status
     from ._options import Commands
 
 ENV_SHELLS = ("sh", "fish", "json")
+# `status` when the service is installed but nothing answers: LSB's "program is not running".
+EXIT_NOT_RUNNING = 3
 
 
 def add_parsers(commands: Commands) -> None:
@@ -26,8 +30,15 @@ def add_parsers(commands: Commands) -> None:
     _add_install_parser(commands)
     uninstall = commands.add_parser("uninstall", help="undo everything `install` did")
     uninstall.add_argument("--purge", action="store_true", help="also delete the CA and the cache")
+    uninstall.add_argument(
+        "--dry-run", action="store_true", help="print what would be undone; change nothing"
+    )
     uninstall.set_defaults(handler=_command_uninstall)
-    status = commands.add_parser("status", help="what is installed, and whether it works")
+    status = commands.add_parser(
+        "status",
+        help=f"what is installed, and whether it works (exit {EXIT_NOT_RUNNING}: installed, "
+        "not answering)",
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_command_status)
     env = commands.add_parser("env", help='print the variables, for eval "$(transcache env)"')
@@ -147,6 +158,10 @@ def _command_uninstall(args: argparse.Namespace) -> int:
     from ..install import installer
     from ..install.runner import SubprocessRunner
 
+    if args.dry_run:
+        lines = installer.uninstall_preview(purge=args.purge)
+        print("\n".join(lines) if lines else "nothing to uninstall")
+        return 0
     outcome = installer.uninstall(SubprocessRunner(), purge=args.purge)
     for change in outcome.changed:
         print(change)
@@ -163,13 +178,25 @@ def _command_status(args: argparse.Namespace) -> int:
     status = install_status.collect(os.environ)
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
-        return 0
-    age = status.bundle_age_seconds
+    else:
+        _print_status(status)
+    if status.down:
+        print(
+            f"transcache: the service is installed but does not answer at {status.url}: "
+            f"start it with `{status.start}`",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_RUNNING
+    return 0
+
+
+def _print_status(status: Status) -> None:
+    bundle_age = status.bundle_age_seconds
     shell = "all variables set"
     if status.missing_variables or status.wrong_variables:
         shell = "missing: " + (", ".join(status.missing_variables) or "-")
         shell += "; different: " + (", ".join(status.wrong_variables) or "-")
-    rows = (
+    rows: list[tuple[str, str]] = [
         ("installed", "yes" if status.installed else "no"),
         (
             "service",
@@ -181,12 +208,13 @@ def _command_status(args: argparse.Namespace) -> int:
         (
             "bundle",
             f"{status.bundle_path} "
-            + ("(missing)" if age is None else f"(written {age / 60:.0f} minutes ago)"),
+            + ("(missing)" if bundle_age is None else f"(written {age(bundle_age)})"),
         ),
         ("trust stores", ", ".join(status.trust_stores) or "none"),
         ("this shell", shell),
-        ("logs", status.logs),
-    )
+    ]
+    if status.logs:
+        rows.append(("logs", status.logs))
     for name, value in rows:
         print(f"{name:<14} {value}")
     if status.cache:
@@ -197,8 +225,8 @@ def _command_status(args: argparse.Namespace) -> int:
         )
     for host, seen in status.tls_rejections.items():
         clients = ", ".join(seen["clients"])
-        print(f"{'rejected by':<14} {host}: {seen['count']} handshake(s) by {clients}")
-    return 0
+        handshakes = plural(seen["count"], "handshake")
+        print(f"{'rejected by':<14} {host}: {handshakes} by {clients}")
 
 
 def _command_env(args: argparse.Namespace) -> int:
@@ -221,8 +249,8 @@ def _command_doctor(args: argparse.Namespace) -> int:
     from ..install import doctor
 
     findings = doctor.run(os.environ)
-    if not findings:
-        print("none of pip, uv, git, curl, cargo, npm is installed")
     for finding in findings:
-        print(f"{finding.client:<6} {'OK' if finding.ok else 'FAIL: ' + finding.message}")
+        verdict = finding.verdict
+        shown = f"FAIL: {finding.message}" if verdict is doctor.Verdict.FAIL else verdict.value
+        print(f"{finding.client:<6} {shown}")
     return 0 if all(f.ok for f in findings) else 1

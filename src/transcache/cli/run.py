@@ -1,5 +1,10 @@
 """`transcache run`: the proxy in the foreground. Its options are also `exec`'s, and the
-pytest plugin's (`config_from_flags`)."""
+pytest plugin's (`config_from_flags`).
+
+SIGINT and SIGTERM stop it. SIGHUP (`systemctl --user reload transcache`) reopens the access
+log file, so logrotate can move it away, and re-reads the config file: the same flags over
+the file's new settings, applied by `ProxyServer.reload` (which names what needs a restart).
+A config file that no longer parses is reported and the running settings stay."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import logging
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +24,7 @@ from .._config import (
     DEFAULT_MAX_SIZE,
     DEFAULT_PORT,
     Config,
+    ConfigError,
     build_config,
     parse_min_ttl,
     parse_size,
@@ -286,7 +292,10 @@ def config_from_flags(flags: Sequence[str]) -> Config:
     return config_from(parser.parse_args(flags))
 
 
-def _setup_logging(access_log: Path | None, access_format: AccessLogFormat) -> None:
+def _setup_logging(
+    access_log: Path | None, access_format: AccessLogFormat
+) -> logging.FileHandler | None:
+    """Errors to stderr, the access log to its file (returned: SIGHUP reopens it) or stderr."""
     errors = logging.StreamHandler(sys.stderr)
     errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", TIME_FORMAT))
     root = logging.getLogger("transcache")
@@ -304,6 +313,37 @@ def _setup_logging(access_log: Path | None, access_format: AccessLogFormat) -> N
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", TIME_FORMAT))
     access.addHandler(handler)
+    return handler if isinstance(handler, logging.FileHandler) else None
+
+
+def _reopen(handler: logging.FileHandler) -> None:
+    """Write to a new file at the handler's path, as logrotate expects after moving it."""
+    stream = Path(handler.baseFilename).open("a", encoding=handler.encoding)
+    old = handler.setStream(stream)
+    if old is not None:
+        old.close()
+
+
+def _reload(
+    running: RunningProxy, load: Callable[[], Config], access_log: logging.FileHandler | None
+) -> None:
+    """SIGHUP: reopen the access log, then serve what `load` returns. A failure of either
+    is logged, and what runs stays as it was."""
+    log = logging.getLogger("transcache")
+    if access_log is not None:
+        try:
+            _reopen(access_log)
+        except OSError as exc:
+            log.error("SIGHUP: keeping the access log open as it was: %s", exc)
+    try:
+        config = load()
+    except ConfigError as exc:
+        log.error("SIGHUP: keeping the running settings: %s", exc)
+        return
+    ignored = running.server.reload(config)
+    if ignored:
+        log.warning("SIGHUP: a restart is needed to change %s", ", ".join(ignored))
+    log.info("SIGHUP: settings reloaded")
 
 
 def _print_start(running: RunningProxy) -> None:
@@ -314,7 +354,10 @@ def _print_start(running: RunningProxy) -> None:
     sys.stdout.flush()
 
 
-async def _serve(config: Config) -> None:
+async def _serve(
+    config: Config, load: Callable[[], Config], access_log: logging.FileHandler | None
+) -> None:
+    """Serve `config` until SIGINT or SIGTERM; on SIGHUP, serve what `load` returns."""
     import trio
 
     from .. import _notify
@@ -324,11 +367,14 @@ async def _serve(config: Config) -> None:
     # may stop us right after it.
     # Under socket activation the service manager's sockets replace --listen.
     listeners = _notify.trio_listeners(_notify.inherited_sockets()) or None
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_proxy(config, listeners=listeners) as running:
             _print_start(running)
             _notify.notify("READY=1")
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    _reload(running, load, access_log)
+                    continue
                 name = signal.Signals(signum).name
                 logging.getLogger("transcache").info("%s received, stopping", name)
                 _notify.notify("STOPPING=1")
@@ -339,9 +385,9 @@ def _command_run(args: argparse.Namespace) -> int:
     import trio
 
     config = config_from(args)
-    _setup_logging(args.access_log, args.access_log_format)
+    access_log = _setup_logging(args.access_log, args.access_log_format)
     try:
-        trio.run(_serve, config)
+        trio.run(_serve, config, lambda: config_from(args), access_log)
     except OSError as exc:
         host, port = args.listen
         print(f"transcache: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)

@@ -3,12 +3,16 @@ of its own kind, with the user's environment, from the pages the proxy serves fo
 transcache.invalid (doctor_pages.py). A fetch that works proves the client uses the proxy
 and trusts its CA. When one fails, the cause is looked for in order: the client's proxy or
 CA variable missing, nothing answering at the proxy address, the CA file not holding the
-proxy's CA, npm configured with its own CA file; else the client's own last words. Then the clients'
-own settings that win over the variables are read and judged (overrides.py).
+proxy's CA, npm configured with its own CA file; else the client's own error message
+(`failure_reason`). A client that is not installed is reported as such, not as a failure.
+Then the clients' own settings that win over the variables are read and judged
+(overrides.py).
 """
 
 from __future__ import annotations
 
+import enum
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +30,20 @@ CARGO_REGISTRY = "transcache-doctor"
 CARGO_REGISTRY_VARIABLE = "CARGO_REGISTRIES_TRANSCACHE_DOCTOR_INDEX"
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy")
 INDEX_URL = f"{DOCTOR_URL}/simple/"
+# A user's debugging settings that turn a client's error into a stack dump: cargo's failure
+# was reported as the last line of a Rust backtrace ("13: <unknown>").
+PROBE_UNSET = ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")
+# A client's own error line (cargo, uv and git "error:", git "fatal:", pip "ERROR:", npm
+# "npm error" / "npm ERR!", curl "curl: (60)").
+ERROR_LINE = re.compile(r"^(error|fatal|npm err!|npm error|curl: \(\d+\))\b", re.IGNORECASE)
+# Lines that explain nothing: stack frames ("  13: <unknown>", "    at ...", "File ..."),
+# and the headers and hints around them.
+NOISE_LINE = re.compile(
+    r"^(\d+:\s|at\s|file\s\"|stack backtrace:|note: run with `rust_backtrace|traceback)",
+    re.IGNORECASE,
+)
+CAUSED_BY = "Caused by:"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass(frozen=True)
@@ -120,11 +138,22 @@ CLIENTS = (
 )
 
 
+class Verdict(enum.Enum):
+    OK = "OK"
+    FAIL = "FAIL"
+    NOT_INSTALLED = "not installed"
+
+
 @dataclass(frozen=True)
 class Finding:
     client: str
-    ok: bool
+    verdict: Verdict
     message: str
+
+    @property
+    def ok(self) -> bool:
+        """Nothing to fix: the client works, or is not there to work."""
+        return self.verdict is not Verdict.FAIL
 
 
 def _fetch_ca(proxy_url: str) -> bytes | None:
@@ -170,16 +199,39 @@ def diagnose(client: Client, exe: str, env: Mapping[str, str], output: str) -> s
             f"npm's configuration sets cafile={cafile}, so NODE_EXTRA_CA_CERTS is ignored: "
             f"run `npm config set cafile {bundle}`"
         )
-    lines = output.strip().splitlines()
-    return lines[-1] if lines else "failed without a message"
+    return failure_reason(output)
 
 
-def check(client: Client, env: Mapping[str, str]) -> Finding | None:
-    """One client's fetch; None when the client is not installed."""
+def failure_reason(output: str) -> str:
+    """The line of a client's output that says why it failed: its first error line, with the
+    last cause cargo lists under it ("error: failed to ...: [60] SSL peer certificate ...");
+    else its last line that is no stack frame."""
+    lines = [ANSI_ESCAPE.sub("", line).strip() for line in output.splitlines()]
+    lines = [line for line in lines if line and not NOISE_LINE.match(line)]
+    error = next((i for i, line in enumerate(lines) if ERROR_LINE.match(line)), None)
+    if error is None:
+        return lines[-1] if lines else "failed without a message"
+    after = lines[error + 1 :]
+    if CAUSED_BY in after:
+        causes = [line for line in after if line != CAUSED_BY]
+        if causes:
+            return f"{lines[error]}: {causes[-1]}"
+    return lines[error]
+
+
+def probe_environment(client: Client, env: Mapping[str, str]) -> dict[str, str]:
+    """The user's environment for a client's fetch, with its own settings and without the
+    debugging settings that bury its error (PROBE_UNSET)."""
+    kept = {name: value for name, value in env.items() if name not in PROBE_UNSET}
+    return {**kept, **dict(client.extra_env)}
+
+
+def check(client: Client, env: Mapping[str, str]) -> Finding:
+    """One client's fetch."""
     exe = installed(client, env)
     if exe is None:
-        return None
-    child_env = {**env, **dict(client.extra_env)}
+        return not_installed(client)
+    child_env = probe_environment(client, env)
     with tempfile.TemporaryDirectory(prefix="transcache-doctor-") as scratch:
         try:
             result = subprocess.run(
@@ -196,8 +248,12 @@ def check(client: Client, env: Mapping[str, str]) -> Finding | None:
         except subprocess.TimeoutExpired:
             ok, output = False, f"no answer within {CLIENT_TIMEOUT:.0f} s"
     if ok:
-        return Finding(client.name, True, "OK")
-    return Finding(client.name, False, diagnose(client, exe, child_env, output))
+        return Finding(client.name, Verdict.OK, "OK")
+    return Finding(client.name, Verdict.FAIL, diagnose(client, exe, child_env, output))
+
+
+def not_installed(client: Client) -> Finding:
+    return Finding(client.name, Verdict.NOT_INSTALLED, Verdict.NOT_INSTALLED.value)
 
 
 def installed(client: Client, env: Mapping[str, str]) -> str | None:
@@ -208,13 +264,16 @@ def installed(client: Client, env: Mapping[str, str]) -> str | None:
 
 
 def run(env: Mapping[str, str], clients: Sequence[Client] = CLIENTS) -> list[Finding]:
-    """A finding per installed client. When the proxy the variables name does not answer,
-    that is every client's finding, and no client waits out its retries to find it."""
+    """A finding per client. When the proxy the variables name does not answer, that is
+    every installed client's finding, and no client waits out its retries to find it."""
     proxy_url = next((env[n] for n in PROXY_VARIABLES if env.get(n)), "").rstrip("/")
     if proxy_url and not answers(proxy_url):
         message = _not_answering(proxy_url)
-        return [Finding(c.name, False, message) for c in clients if installed(c, env)]
-    findings = [f for client in clients if (f := check(client, env)) is not None]
+        return [
+            Finding(c.name, Verdict.FAIL, message) if installed(c, env) else not_installed(c)
+            for c in clients
+        ]
+    findings = [check(client, env) for client in clients]
     if not proxy_url:
         return findings
     return findings + rejection_findings(proxy_url) + override_findings(env, proxy_url)
@@ -227,7 +286,7 @@ def override_findings(env: Mapping[str, str], proxy_url: str) -> list[Finding]:
     bundle = env.get("SSL_CERT_FILE") or "the transcache bundle"
     settings = overrides.read(env, home)
     conflicts = overrides.find(settings, env, proxy_url, _fetch_ca(proxy_url), bundle)
-    return [Finding(conflict.client, False, conflict.message) for conflict in conflicts]
+    return [Finding(conflict.client, Verdict.FAIL, conflict.message) for conflict in conflicts]
 
 
 def rejection_findings(proxy_url: str) -> list[Finding]:
@@ -236,7 +295,7 @@ def rejection_findings(proxy_url: str) -> list[Finding]:
     return [
         Finding(
             host,
-            False,
+            Verdict.FAIL,
             f"{seen['count']} TLS handshake(s) by {', '.join(seen['clients'])} rejected the "
             "transcache certificate; the proxy's log names each client's fix",
         )

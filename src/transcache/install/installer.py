@@ -42,7 +42,7 @@ from .apply import Outcome, apply, remove_empty_dirs, undo
 from .errors import InstallError
 from .inputs import Input, Kind, check
 from .manifest import DirEntry, Manifest
-from .plan import Step, missing_dirs
+from .plan import Step, describe, missing_dirs
 from .runner import Runner
 from .settings import Settings, manifest_path
 from .trust import TrustedCA, sudo
@@ -277,6 +277,19 @@ def installed_settings() -> Settings | None:
     """The settings of the current install, or None when transcache is not installed."""
     manifest = Manifest.load(manifest_path())
     return Settings.from_json(manifest.settings) if manifest.entries else None
+
+
+def uninstall_preview(*, purge: bool) -> list[str]:
+    """What `uninstall` would do, as `uninstall --dry-run` prints it: the undo of every
+    recorded entry is the plan of an install that wants nothing."""
+    manifest = Manifest.load(manifest_path())
+    lines = describe([], manifest)
+    if purge:
+        settings = Settings.from_json(manifest.settings)
+        lines += [f"remove {d}" for d in (settings.ca_dir, settings.cache_dir) if d.exists()]
+    created = sorted({e.path for e in manifest.entries if isinstance(e, DirEntry)}, reverse=True)
+    lines += [f"remove directory {d} once empty" for d in created]
+    return lines
 
 
 def uninstall(runner: Runner, *, purge: bool) -> Outcome:

@@ -65,5 +65,9 @@ def installed() -> tuple[bool, bool]:
     return present, present
 
 
+def start_command(uid: int) -> str:
+    return shlex.join(("launchctl", "kickstart", f"gui/{uid}/{LABEL}"))
+
+
 def log_hint() -> str:
     return str(log_path())

@@ -1,11 +1,13 @@
 """`transcache status`: what is installed and whether it works, gathered without changing
 anything: the service files and their enablement, the port answering /healthz, the CA's
 expiry, the bundle's age, the trust stores recorded in the manifest that still hold the CA,
-which variables the current environment lacks or has wrong, and where the logs are."""
+which variables the current environment lacks or has wrong, and, while installed, where the
+logs are and how to start the service."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,7 +35,9 @@ class Status:
     trust_stores: list[str] = field(default_factory=list)
     missing_variables: list[str] = field(default_factory=list)
     wrong_variables: list[str] = field(default_factory=list)
+    # Where the service logs and the command that starts it; "" when nothing is installed.
     logs: str = ""
+    start: str = ""
     # host -> {"count": N, "clients": [...]}: clients that refused the proxy's certificate.
     tls_rejections: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The running proxy's cache stats, live (what `cache stats --json` prints); {} if down.
@@ -41,6 +45,11 @@ class Status:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def down(self) -> bool:
+        """Installed, but nothing answers where the service should listen."""
+        return self.installed and not self.answering
 
 
 def collect(environ: Mapping[str, str], now: dt.datetime | None = None) -> Status:
@@ -61,8 +70,15 @@ def collect(environ: Mapping[str, str], now: dt.datetime | None = None) -> Statu
         age = None
     expected = settings.environment()
     answering = answers(settings.url)
+    installed = bool(manifest.entries)
+    if not installed:
+        logs = start = ""
+    elif darwin:
+        logs, start = launchd.log_hint(), launchd.start_command(os.getuid())
+    else:
+        logs, start = systemd.log_hint(), systemd.start_command(settings)
     return Status(
-        installed=bool(manifest.entries),
+        installed=installed,
         service_file=service_file,
         enabled=enabled,
         url=settings.url,
@@ -76,7 +92,8 @@ def collect(environ: Mapping[str, str], now: dt.datetime | None = None) -> Statu
         wrong_variables=[
             name for name, value in expected.items() if name in environ and environ[name] != value
         ],
-        logs=launchd.log_hint() if darwin else systemd.log_hint(),
+        logs=logs,
+        start=start,
         tls_rejections=leaf_rejections(settings.url) if answering else {},
         cache=live_stats(settings.url) if answering else {},
     )

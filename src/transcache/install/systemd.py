@@ -10,6 +10,7 @@ told how to start it now.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -113,10 +114,14 @@ def steps(settings: Settings, *, running: bool, user: str, python: str) -> list[
     return result
 
 
-def start_hint(settings: Settings) -> str:
+def start_command(settings: Settings) -> str:
     unit = SOCKET_NAME if settings.socket_activation else SERVICE_NAME
+    return shlex.join((*SYSTEMCTL, "start", unit))
+
+
+def start_hint(settings: Settings) -> str:
     return (
-        f"no systemd user manager runs here: start it with `systemctl --user start {unit}` "
+        f"no systemd user manager runs here: start it with `{start_command(settings)}` "
         f"once one does, or run `transcache {' '.join(settings.run_arguments())}`"
     )
 

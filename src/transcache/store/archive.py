@@ -44,6 +44,7 @@ from typing import IO, Any
 
 from .blobs import HASH_CHUNK
 from .layout import FILE_MODE, LAYOUT, Area, key_digest, member_name, shard_path
+from .maintenance import Progress, no_progress
 from .maintenance import entries as stored_entries
 from .metadata import Entry, MetadataError, VaryIndex, parse_record
 from .store import Store
@@ -88,19 +89,30 @@ def select(store: Store, pattern: str = "*", since: float | None = None) -> list
 
 
 def export_archive(
-    store: Store, path: Path, pattern: str = "*", since: float | None = None
+    store: Store,
+    path: Path,
+    pattern: str = "*",
+    since: float | None = None,
+    progress: Progress = no_progress,
 ) -> ArchiveResult:
     """Write the selected entries to `path` (tar.gz), atomically: a reader never sees half an
-    archive. An entry whose body vanishes while exporting is left out."""
+    archive. An entry whose body vanishes while exporting is left out. Progress counts the
+    selected entries' body bytes."""
     result = ArchiveResult()
+    chosen = select(store, pattern, since)
+    total, done = sum(entry.size for entry in chosen), 0
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             bodies: set[str] = set()
-            exported = [
-                e for e in select(store, pattern, since) if _add_body(tar, e, bodies, result)
-            ]
+            exported = []
+            for entry in chosen:
+                progress(done, total)
+                done += entry.size
+                if _add_body(tar, entry, bodies, result):
+                    exported.append(entry)
+            progress(total, total)
             for entry in exported:
                 _add_bytes(tar, member_name(Area.META, key_digest(entry.key)), entry.to_json())
                 result.entries += 1
@@ -156,14 +168,17 @@ def _primary_keys(keys: Iterable[str]) -> set[str]:
 # -- import ---------------------------------------------------------------------------------
 
 
-def import_archive(store: Store, path: Path) -> ArchiveResult:
+def import_archive(store: Store, path: Path, progress: Progress = no_progress) -> ArchiveResult:
     """Publish the archive's verified bodies and the entries whose bodies are present.
-    Raises OSError (and tarfile.TarError) when the archive cannot be read at all."""
+    Raises OSError (and tarfile.TarError) when the archive cannot be read at all. Progress
+    counts the archive's (compressed) bytes read, twice: once per pass."""
     result = ArchiveResult()
     entries: dict[str, Entry] = {}
     records: dict[str, VaryIndex] = {}
-    with tarfile.open(path, mode="r:gz") as tar:
+    total = 2 * path.stat().st_size
+    with path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
         for member, area, digest in _cache_members(tar, result):
+            progress(raw.tell(), total)
             if area is Area.META:
                 record = _take_meta(store, tar, member, digest, result)
                 if isinstance(record, Entry):
@@ -175,10 +190,12 @@ def import_archive(store: Store, path: Path) -> ArchiveResult:
     sizes: dict[str, set[int]] = {}
     for entry in entries.values():
         sizes.setdefault(entry.digest, set()).add(entry.size)
-    with tarfile.open(path, mode="r:gz") as tar:
+    with path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
         for member, area, digest in _cache_members(tar, None):
+            progress(total // 2 + raw.tell(), total)
             if area is Area.BLOBS:
                 _import_body(store, tar, member, digest, sizes.get(digest, set()), result)
+    progress(total, total)
     imported = [key for key, entry in entries.items() if _import_entry(store, entry, result)]
     result.entries = len(imported)
     wanted = _primary_keys(imported)

@@ -1,6 +1,8 @@
 """What `transcache cache ...` does to a store: list, prune, verify, clear and count it.
 
 These run on the store's owner thread (the CLI's only thread) and do their file work inline.
+The long ones report their progress through a `Progress` callback: (done, total), in units
+of the command's choosing, called before each unit and once at the end, with done == total.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import contextlib
 import fnmatch
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,12 @@ from .blobs import check_blob, evict_blobs, scan
 from .layout import make_private_dirs, shard_path
 from .metadata import Entry
 from .store import Store
+
+Progress = Callable[[int, int], None]
+
+
+def no_progress(done: int, total: int) -> None:
+    """A Progress that reports nowhere."""
 
 
 @dataclass(frozen=True)
@@ -39,16 +47,18 @@ def entries(store: Store) -> Iterator[Entry]:
                 yield entry
 
 
-def prune(store: Store) -> tuple[int, int]:
+def prune(store: Store, progress: Progress = no_progress) -> tuple[int, int]:
     """Evict down to the size limit and drop metadata whose body is gone.
-    Returns (entries removed, bytes freed)."""
+    Returns (entries removed, bytes freed); progress counts metadata files checked."""
     freed = 0
     if store.over_limit():
         eviction = evict_blobs(store.layout.blobs, store.max_size)
         store.ledger.recount(eviction.remaining)
         freed = eviction.freed
     removed = 0
-    for path in store.layout.meta.glob("*/*/*"):
+    records = list(store.layout.meta.glob("*/*/*"))
+    for done, path in enumerate(records):
+        progress(done, len(records))
         try:
             data = json.loads(path.read_bytes())
             digest = data.get("digest")
@@ -59,6 +69,7 @@ def prune(store: Store) -> tuple[int, int]:
             with contextlib.suppress(OSError):
                 path.unlink()
             removed += 1
+    progress(len(records), len(records))
     return removed, freed
 
 
@@ -74,11 +85,16 @@ def purge(store: Store, pattern: str) -> list[str]:
     return purged
 
 
-def verify(store: Store) -> tuple[int, list[Path]]:
+def verify(store: Store, progress: Progress = no_progress) -> tuple[int, list[Path]]:
     """Re-hash every body; delete those whose bytes do not match their name, and then the
-    metadata naming them. Returns (bodies checked, bodies removed)."""
+    metadata naming them. Returns (bodies checked, bodies removed); progress counts bytes
+    hashed."""
     checked, removed = 0, []
-    for blob in scan(store.layout.blobs):
+    blobs = scan(store.layout.blobs)
+    total, hashed = sum(blob.size for blob in blobs), 0
+    for blob in blobs:
+        progress(hashed, total)
+        hashed += blob.size
         try:
             intact = check_blob(blob.path, blob.path.name, blob.size) is not None
         except OSError:
@@ -89,6 +105,7 @@ def verify(store: Store) -> tuple[int, list[Path]]:
                 blob.path.unlink()
                 store.ledger.removed(blob.size)
             removed.append(blob.path)
+    progress(total, total)
     prune(store)
     return checked, removed
 

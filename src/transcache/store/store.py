@@ -79,6 +79,11 @@ class Store:
     def max_size(self) -> int:
         return self.ledger.max_size
 
+    @max_size.setter
+    def max_size(self, value: int) -> None:
+        # The next commit over the new limit evicts.
+        self.ledger.max_size = value
+
     @property
     def size(self) -> int:
         return self.ledger.size
