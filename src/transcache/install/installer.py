@@ -26,7 +26,16 @@ from pathlib import Path
 from .. import _paths
 from .._bundle import write_bundle
 from .._ca import CertificateAuthority
-from . import environment, launchd, systemd, trust_darwin, trust_java, trust_linux, trust_nss
+from . import (
+    environment,
+    launchd,
+    parent,
+    systemd,
+    trust_darwin,
+    trust_java,
+    trust_linux,
+    trust_nss,
+)
 from .apply import Outcome, apply, remove_empty_dirs, undo
 from .errors import InstallError
 from .inputs import Input, Kind, check
@@ -120,6 +129,7 @@ def plan_inputs(settings: Settings, machine: Machine) -> list[Input]:
         Input("--ca-dir", str(settings.ca_dir)),
         Input("--cache-dir", str(settings.cache_dir)),
         *(Input("--no-proxy", host, Kind.NO_PROXY_HOST) for host in settings.no_proxy),
+        *(Input("--upstream-proxy-bypass", h) for h in settings.upstream_proxy_bypass),
         Input("the Python interpreter", machine.python, Kind.EXECUTABLE),
         # env.sh is sourced from the startup files by its path.
         Input("the data directory", str(_paths.data_dir())),
@@ -168,6 +178,7 @@ def build_plan(settings: Settings, machine: Machine, ca: TrustedCA) -> Plan:
         settings, machine.home, linux=not machine.darwin, zsh_installed=machine.zsh_installed
     )
     notes = environment.npmrc_warnings(machine.home, settings.bundle_path)
+    steps += parent.steps(settings)  # before the service that reads it
     if machine.darwin:
         steps += launchd.steps(settings, uid=machine.uid, python=machine.python)
     else:

@@ -34,6 +34,9 @@ class Status:
     missing_variables: list[str] = field(default_factory=list)
     wrong_variables: list[str] = field(default_factory=list)
     logs: str = ""
+    # The service's parent proxy, without credentials, and the hosts it reaches directly.
+    upstream_proxy: str | None = None
+    upstream_proxy_bypass: list[str] = field(default_factory=list)
     # host -> {"count": N, "clients": [...]}: clients that refused the proxy's certificate.
     tls_rejections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -76,4 +79,6 @@ def collect(environ: Mapping[str, str], now: dt.datetime | None = None) -> Statu
         ],
         logs=launchd.log_hint() if darwin else systemd.log_hint(),
         tls_rejections=leaf_rejections(settings.url) if answering else {},
+        upstream_proxy=None if settings.upstream_proxy is None else str(settings.upstream_proxy),
+        upstream_proxy_bypass=list(settings.upstream_proxy_bypass),
     )
