@@ -3,16 +3,24 @@ subprocesses that trust that CA upstream and resolve the origins' `.test` names 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
+from transcache._parent import BYPASS_VARIABLES, SCHEME_VARIABLES
+
 from .origin import ORIGIN_NAMES, Origin, client_env, issue_origin_cert
 from .proxyproc import ProxyProcess
 
 StartProxy = Callable[..., ProxyProcess]
+
+# Embedded proxies take the environment's parent proxy: the machine's must not reach the
+# tests (a test that wants a parent names it).
+for _name in (*SCHEME_VARIABLES["http"], *SCHEME_VARIABLES["https"], *BYPASS_VARIABLES):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """One frozen configuration for a proxy, and the one way to build it (`build_config`): the
 CLI from its flags, the Python API from keyword arguments and the pytest plugin from `transcache
-run` flags all pass options named as the flags, which override the config file's settings,
-which override the defaults. Defaults live here and nowhere else."""
+run` flags all pass options named as the flags, which override the environment (the parent
+proxy variables only), which overrides the config file's settings, which override the
+defaults. Defaults live here and nowhere else."""
 
 from __future__ import annotations
 
@@ -15,8 +16,17 @@ from typing import Any
 
 from . import _paths
 from ._errors import TranscacheError
+from ._parent import (
+    NO_PARENT,
+    ParentProxy,
+    bypassed,
+    environment_bypass,
+    environment_parents,
+    parse_bypass,
+    parse_parent,
+)
 from ._policy import Rule, RuleAction
-from ._protocol import DEFAULT_PORTS
+from ._protocol import DEFAULT_PORTS, Origin
 from ._reach import Destination, parse_destination
 
 # Options whose values add up: the options' items first, then the config file's.
@@ -26,6 +36,8 @@ DEFAULT_PORT = 8797
 # What PyPI's own CDN uses for project pages.
 DEFAULT_INDEX_TTL = 600.0
 DEFAULT_MAX_SIZE = 10 * 1024**3
+# Group and other may not read a parent proxy file that holds credentials.
+PRIVATE_MODE_MASK = 0o077
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,17 @@ class Config:
     index_ttl: float = DEFAULT_INDEX_TTL
     # Honour a client's reload (max-age=0, no-cache) even inside the index window.
     strict_client_reload: bool = False
+    # The parent proxy for each origin scheme ("http", "https"); none: connect directly.
+    upstream_proxies: Mapping[str, ParentProxy] = field(default_factory=dict)
+    # NO_PROXY-style entries: hosts reached directly even when a parent is configured.
+    upstream_proxy_bypass: tuple[str, ...] = ()
+
+    def parent_for(self, origin: Origin) -> ParentProxy | None:
+        """The parent proxy `origin` is reached through, or None for a direct connection."""
+        parent = self.upstream_proxies.get(origin.scheme)
+        if parent is None or bypassed(self.upstream_proxy_bypass, origin.host, origin.port):
+            return None
+        return parent
 
     def is_passthrough(self, host: str) -> bool:
         return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in self.passthrough)
@@ -135,19 +158,27 @@ class ConfigError(TranscacheError, ValueError):
     """A configuration file or value that cannot be used; the message says where and why."""
 
 
-def build_config(options: Mapping[str, Any], config_file: Path | None = None) -> Config:
-    """A Config from `options` over the settings in `config_file` (when given and present)
-    over the defaults. Options are named as the `transcache run` flags, snake_case, or as the
-    Config fields; None means "not given". Lists add up, the options' items first.
+def build_config(
+    options: Mapping[str, Any],
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """A Config from `options` over the parent proxy variables of `environ` (when given) over
+    the settings in `config_file` (when given and present) over the defaults. Options are
+    named as the `transcache run` flags, snake_case, or as the Config fields; None means "not
+    given". Lists add up, the options' items first.
 
     Values may take the forms a caller has at hand: `listen` "HOST:PORT" or (host, port);
     `resolve` curl-style "HOST:PORT:ADDR" strings, ((host, port), addr) pairs or a mapping
     {(host, port): addr}; paths as str; `upstream_ca` and `passthrough` one item or many;
     `connect_ports` (added to 443 and 80) any iterable; `allow_destinations` addresses, CIDR
-    networks or host patterns. Raises ConfigError for a bad value, TypeError for an unknown
-    option."""
+    networks or host patterns; `upstream_proxy` a URL or "none", or `upstream_proxy_file` a
+    file holding one; `upstream_proxy_bypass` NO_PROXY syntax, a string or many. Raises
+    ConfigError for a bad value, TypeError for an unknown option."""
     given = _normalised({name: value for name, value in options.items() if value is not None})
     merged = load_config_file(config_file) if config_file is not None else {}
+    if environ is not None:
+        merged.update(_environment_layer(environ))
     for name, value in given.items():
         if name in LIST_OPTIONS:
             merged[name] = (*value, *merged.get(name, ()))
@@ -182,6 +213,14 @@ def _normalised(options: dict[str, Any]) -> dict[str, Any]:
             options["rules"] = tuple(options["rules"])
         if "connect_ports" in options:
             options["connect_ports"] = frozenset(int(p) for p in options["connect_ports"])
+        if "upstream_proxy_file" in options:
+            options["upstream_proxies"] = _parents(
+                read_parent_file(options.pop("upstream_proxy_file"))
+            )
+        if "upstream_proxy" in options:
+            options["upstream_proxies"] = _parents(options.pop("upstream_proxy"))
+        if "upstream_proxy_bypass" in options:
+            options["upstream_proxy_bypass"] = parse_bypass(options["upstream_proxy_bypass"])
         if "allow_destinations" in options:
             options["allow_destinations"] = tuple(
                 parse_destination(str(spec)) for spec in _as_tuple(options["allow_destinations"])
@@ -189,6 +228,48 @@ def _normalised(options: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return options
+
+
+def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The parent proxies and the bypass list `environ` sets (only what it sets)."""
+    layer: dict[str, Any] = {}
+    try:
+        parents = environment_parents(environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if parents:
+        layer["upstream_proxies"] = parents
+    bypass = environment_bypass(environ)
+    if bypass is not None:
+        layer["upstream_proxy_bypass"] = bypass
+    return layer
+
+
+def _parents(spec: str | ParentProxy) -> dict[str, ParentProxy]:
+    """One parent for both schemes, or none for NO_PARENT."""
+    if isinstance(spec, str):
+        if spec.strip().lower() == NO_PARENT:
+            return {}
+        spec = parse_parent(spec)
+    return dict.fromkeys(("http", "https"), spec)
+
+
+def read_parent_file(path: str | Path) -> ParentProxy:
+    """The parent proxy URL in `path` (its first line), which may hold credentials: then
+    group and other may not read it (`transcache install` writes it 0600)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the upstream proxy file {path}: {exc}") from exc
+    lines = text.strip().splitlines()
+    parent = parse_parent(lines[0] if lines else "", str(path))
+    if parent.credentials is not None and mode & PRIVATE_MODE_MASK:
+        raise ConfigError(
+            f"{path} holds proxy credentials and others may read it: chmod 600 {path}"
+        )
+    return parent
 
 
 def _resolve_map(
@@ -228,7 +309,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
     Keys: max_size ("10G"), offline (bool), passthrough, upstream_ca, connect_ports,
     allow_destinations (lists), max_connections, idle_timeout, body_timeout (numbers),
-    min_body_rate ("1K"), index_ttl (seconds), strict_client_reload (bool), and [[rule]]
+    min_body_rate ("1K"), index_ttl (seconds), strict_client_reload (bool), upstream_proxy
+    (a URL or "none"), upstream_proxy_bypass (NO_PROXY syntax), and [[rule]]
     tables with `url` plus one of `min_ttl = SECONDS`, `index_ttl = SECONDS`,
     `immutable = true`, `never = true`, `strict_client_reload = true`."""
     try:
@@ -264,6 +346,12 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 options["index_ttl"] = float(value)
             elif key == "strict_client_reload":
                 options["strict_client_reload"] = bool(value)
+            elif key == "upstream_proxy":
+                options["upstream_proxies"] = _parents(str(value))
+            elif key == "upstream_proxy_bypass":
+                options["upstream_proxy_bypass"] = parse_bypass(
+                    value if isinstance(value, str) else [str(v) for v in value]
+                )
             elif key == "rule":
                 options["rules"] = tuple(_rule_from_table(table) for table in value)
             else:

@@ -21,6 +21,9 @@ BUNDLE_VARIABLES = (
 # Node adds the certificates of this file to its own roots (it replaces nothing).
 NODE_CA_VARIABLE = "NODE_EXTRA_CA_CERTS"
 NO_PROXY = "localhost,127.0.0.1,::1"
+# Names the transcache the proxy variables point at, so that a transcache started with them
+# does not take it for a parent proxy (see `_parent`).
+OWN_URL_VARIABLE = "TRANSCACHE_URL"
 # `transcache run` prints this and its URL as its first line once it accepts connections.
 LISTENING_PREFIX = "transcache listening on "
 # A running proxy's live counters (JSON); asking for them flushes its counts to the store,
@@ -40,9 +43,11 @@ def proxy_variable_names() -> list[str]:
 
 
 def proxy_environment(proxy_url: str) -> dict[str, str]:
-    """The proxy variables, both cases, with loopback exempt."""
+    """The proxy variables, both cases, with loopback exempt, and the marker saying that
+    they point at a transcache."""
     env = dict.fromkeys(proxy_variable_names(), proxy_url)
     env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
+    env[OWN_URL_VARIABLE] = proxy_url
     return env
 
 

@@ -12,6 +12,16 @@ form, or a passthrough tunnel): the port against the allow-list, then every addr
 resolves to against the destination rules (`_reach`). The connection goes to those checked
 addresses; nothing is looked up a second time, so a name cannot resolve to a public address
 for the check and to 127.0.0.1 for the connection (DNS rebinding).
+
+Through a parent proxy (`Config.parent_for`), the connection goes to the parent instead:
+`CONNECT host:port` for https origins and passthrough tunnels (our verified TLS then runs
+inside the tunnel, exactly as over a direct connection), and absolute-form requests on a
+plain connection for http origins, each carrying the parent's Proxy-Authorization. The parent
+resolves origin names, so only a literal address is checked against the destination rules
+(a --resolve entry, allowed as ever, becomes the CONNECT target); the configured parent
+itself is never refused, even on loopback (cntlm, px). Pooled connections through a parent
+are kept per origin like direct ones. A parent's refusal (407, 403, ...) is a 502 naming the
+parent and its answer.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from ._errors import (
     UpstreamTLSError,
     UpstreamUnreachableError,
 )
+from ._parent import ParentProxy
 from ._protocol import Headers, Origin
 from ._reach import IPAddress, address_refusal
 
@@ -52,6 +63,10 @@ POOL_IDLE_SECONDS = 50.0
 HAPPY_EYEBALLS_DELAY = 0.25
 # Any port does for the route lookup in `is_own_address`: no packet is sent.
 PROBE_PORT = 9
+PROXY_AUTH_REQUIRED = 407
+# A parent's answers that mean it could not reach the origin (nothing was exchanged with the
+# origin), as opposed to refusing us: a stale copy may answer for them.
+PARENT_UNREACHABLE_STATUSES = frozenset({502, 503, 504})
 
 
 def upstream_ssl_context(extra_cas: tuple[Path, ...]) -> ssl.SSLContext:
@@ -64,9 +79,12 @@ def upstream_ssl_context(extra_cas: tuple[Path, ...]) -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def translate_errors(origin: Origin) -> Iterator[None]:
-    """Map what trio, ssl, socket and h11 raise into one ProxyError naming the origin."""
+def translate_errors(origin: Origin, parent: ParentProxy | None = None) -> Iterator[None]:
+    """Map what trio, ssl, socket and h11 raise into one ProxyError naming the origin (and
+    the parent proxy, when the connection goes through one)."""
     where = f"{origin.host}:{origin.port}"
+    if parent is not None:
+        where += f" through the upstream proxy {parent}"
     try:
         yield
     except ProxyError:
@@ -74,7 +92,8 @@ def translate_errors(origin: Origin) -> Iterator[None]:
     except trio.TooSlowError as exc:
         raise UpstreamTimeoutError(f"{where} did not answer in time") from exc
     except socket.gaierror as exc:
-        raise UpstreamUnreachableError(f"cannot resolve {origin.host}: {exc.strerror}") from exc
+        name = origin.host if parent is None else f"the upstream proxy {parent.host}"
+        raise UpstreamUnreachableError(f"cannot resolve {name}: {exc.strerror}") from exc
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__
         if isinstance(cause, ssl.SSLCertVerificationError):
@@ -92,6 +111,38 @@ def translate_errors(origin: Origin) -> Iterator[None]:
         # trio reports failures on an open stream as BrokenResourceError, so an OSError
         # here comes from connecting: refused, unroutable, no address.
         raise UpstreamUnreachableError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+
+
+def parent_refusal(parent: ParentProxy, request: str, status: int, reason: bytes) -> UpstreamError:
+    """The error for a parent proxy's refusal of `request` (a 502, or unreachable when the
+    parent says it could not reach the origin)."""
+    answer = f"{status} {reason.decode('ascii', 'replace')}".strip()
+    message = f"the upstream proxy {parent} ({parent.source}) refused {request}: {answer}"
+    if status == PROXY_AUTH_REQUIRED:
+        message += " (its credentials are missing or wrong)"
+    if status in PARENT_UNREACHABLE_STATUSES:
+        return UpstreamUnreachableError(message)
+    return UpstreamError(message)
+
+
+async def open_parent_tunnel(stream: trio.abc.Stream, parent: ParentProxy, authority: str) -> None:
+    """Ask `parent`, on `stream`, for a tunnel to `authority` (HOST:PORT); raises the parent's
+    refusal. The stream then carries the origin's bytes."""
+    channel = Channel(stream, h11.Connection(h11.CLIENT))
+    target = authority.encode("ascii")
+    headers = [(b"Host", target), *parent.headers]
+    await channel.send(h11.Request(method=b"CONNECT", target=target, headers=headers))
+    await channel.send(h11.EndOfMessage())
+    event = await channel.next_event()
+    while isinstance(event, h11.InformationalResponse):
+        event = await channel.next_event()
+    if not isinstance(event, h11.Response):
+        raise UpstreamError(f"the upstream proxy {parent} closed the connection on CONNECT")
+    if not 200 <= event.status_code < 300:
+        raise parent_refusal(parent, f"CONNECT {authority}", event.status_code, event.reason)
+    if channel.conn.trailing_data[0]:
+        # The origin's first bytes cannot come before our TLS hello: not a tunnel.
+        raise UpstreamError(f"the upstream proxy {parent} sent data before the tunnel opened")
 
 
 def is_own_address(address: IPAddress) -> bool:
@@ -150,8 +201,12 @@ async def _connect_first(targets: Sequence[AddressInfo]) -> trio.SocketStream:
 
 
 class _Connection:
-    def __init__(self, origin: Origin, stream: trio.abc.Stream) -> None:
+    def __init__(
+        self, origin: Origin, stream: trio.abc.Stream, parent: ParentProxy | None = None
+    ) -> None:
         self.origin = origin
+        # Set for an http origin reached through a parent: requests go in absolute form.
+        self.parent = parent
         self.channel = Channel(stream, h11.Connection(h11.CLIENT))
         self.idle_since = trio.current_time()
 
@@ -194,7 +249,10 @@ class UpstreamResponse:
         if connection is None:
             return b""
         try:
-            with translate_errors(connection.origin), trio.fail_after(self._pool.read_timeout):
+            with (
+                translate_errors(connection.origin, connection.parent),
+                trio.fail_after(self._pool.read_timeout),
+            ):
                 event = await connection.channel.next_event()
         except UpstreamError as error:
             self._pool.failed(error)
@@ -232,16 +290,55 @@ class UpstreamPool:
         self.read_timeout = config.upstream_timeout
 
     async def open_tcp(self, origin: Origin) -> trio.SocketStream:
-        """A plain TCP connection to the origin (also used for passthrough tunnels), once its
-        port and every address it resolves to passed the checks; ForbiddenError if not.
+        """A TCP connection that carries the origin's bytes (also used for passthrough
+        tunnels): direct, once its port and every address it resolves to passed the checks,
+        or a CONNECT tunnel through the parent proxy; ForbiddenError if refused.
         Every upstream connection starts here, so offline mode is enforced here too."""
+        parent = self._route(origin)
+        if parent is None:
+            with translate_errors(origin), trio.fail_after(self._config.connect_timeout):
+                return await _connect_first(await self._checked_addresses(origin))
+        stream = await self._open_parent(origin, parent)
+        try:
+            with translate_errors(origin, parent), trio.fail_after(self._config.connect_timeout):
+                await open_parent_tunnel(stream, parent, self._tunnel_authority(origin))
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
+
+    def _route(self, origin: Origin) -> ParentProxy | None:
+        """The checks every connection passes (offline, port), and its parent proxy."""
         if self._config.offline:
             raise OfflineMissError(f"offline mode: not connecting to {origin.host}:{origin.port}")
         refusal = self._config.port_refusal(origin.scheme, origin.host, origin.port)
         if refusal is not None:
             raise ForbiddenError(refusal)
-        with translate_errors(origin), trio.fail_after(self._config.connect_timeout):
-            return await _connect_first(await self._checked_addresses(origin))
+        parent = self._config.parent_for(origin)
+        if parent is not None and (origin.host, origin.port) not in self._config.resolve:
+            # The parent resolves names; a literal address is checked here.
+            with contextlib.suppress(ValueError):
+                self._check_address(origin.host, ipaddress.ip_address(origin.host))
+        return parent
+
+    async def _open_parent(self, origin: Origin, parent: ParentProxy) -> trio.SocketStream:
+        """A TCP connection to the parent proxy: configured, so exempt from the destination
+        rules (a loopback parent is the point of cntlm and px)."""
+        with translate_errors(origin, parent), trio.fail_after(self._config.connect_timeout):
+            targets = await trio.socket.getaddrinfo(
+                parent.host, parent.port, type=socket.SOCK_STREAM
+            )
+            return await _connect_first(targets)
+
+    def _tunnel_authority(self, origin: Origin) -> str:
+        """What the parent is asked to CONNECT to: a --resolve entry's address, else the name."""
+        host = self._config.resolve.get((origin.host, origin.port), origin.host)
+        return f"[{host}]:{origin.port}" if ":" in host else f"{host}:{origin.port}"
+
+    def _check_address(self, host: str, address: IPAddress) -> None:
+        refusal = address_refusal(host, address, self._config.allow_destinations, is_own_address)
+        if refusal is not None:
+            raise ForbiddenError(refusal)
 
     async def _checked_addresses(self, origin: Origin) -> Sequence[AddressInfo]:
         """Where `origin` may be reached: its --resolve address as given, or every address
@@ -253,22 +350,24 @@ class UpstreamPool:
         if override is not None:
             return targets
         for *_, sockaddr in targets:
-            address = ipaddress.ip_address(sockaddr[0])
-            refusal = address_refusal(
-                origin.host, address, self._config.allow_destinations, is_own_address
-            )
-            if refusal is not None:
-                raise ForbiddenError(refusal)
+            self._check_address(origin.host, ipaddress.ip_address(sockaddr[0]))
         return targets
 
     async def _connect(self, origin: Origin) -> _Connection:
+        parent = self._config.parent_for(origin)
+        if origin.scheme == "http" and parent is not None:
+            self._route(origin)
+            return _Connection(origin, await self._open_parent(origin, parent), parent)
         stream: trio.abc.Stream = await self.open_tcp(origin)
         if origin.scheme == "https":
             tls = trio.SSLStream(
                 stream, self._ssl_context, server_hostname=origin.host, https_compatible=True
             )
             try:
-                with translate_errors(origin), trio.fail_after(self._config.connect_timeout):
+                with (
+                    translate_errors(origin, parent),
+                    trio.fail_after(self._config.connect_timeout),
+                ):
                     await tls.do_handshake()
             except BaseException:
                 await trio.aclose_forcefully(stream)
@@ -350,14 +449,18 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         channel = connection.channel
         origin = connection.origin
+        parent = connection.parent
+        if parent is not None:
+            target = origin.url(target.decode("ascii")).encode("ascii")
+            headers = [*headers, *parent.headers]
         try:
-            with translate_errors(origin):
+            with translate_errors(origin, parent):
                 await channel.send(h11.Request(method=method, target=target, headers=headers))
             if body is not None:
                 while chunk := await body():
-                    with translate_errors(origin):
+                    with translate_errors(origin, parent):
                         await channel.send(h11.Data(data=chunk))
-            with translate_errors(origin):
+            with translate_errors(origin, parent):
                 await channel.send(h11.EndOfMessage())
                 with trio.fail_after(self.read_timeout):
                     event = await channel.next_event()
@@ -365,6 +468,9 @@ class UpstreamPool:
                         event = await channel.next_event()
             if not isinstance(event, h11.Response):
                 raise UpstreamError(f"{origin.host} closed the connection without a response")
+            if parent is not None and event.status_code == PROXY_AUTH_REQUIRED:
+                request = f"{method.decode('ascii')} {target.decode('ascii')}"
+                raise parent_refusal(parent, request, event.status_code, event.reason)
         except BaseException:
             await connection.aclose()
             raise

@@ -4,8 +4,10 @@ environment a subprocess needs to go through the proxy."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
+import os
 import resource
 import socket
 import threading
@@ -22,10 +24,12 @@ from ._bundle import write_bundle
 from ._ca import CertificateAuthority
 from ._config import Config, ConfigError, build_config
 from ._launch import client_environment, proxy_variable_names, tagged_url
+from ._parent import without_self
 from ._paths import BUNDLE_NAME
 from ._reach import is_loopback_host
 from ._server import ProxyServer
 from ._stats import ProxyStats
+from ._upstream import is_own_address
 from .install import doctor_pages
 from .store import Store
 
@@ -42,8 +46,9 @@ log = logging.getLogger("transcache")
 def embedded_config(options: dict[str, Any]) -> Config:
     """A Config from `open_proxy`'s or `Proxy`'s keyword options (see `build_config`), on a
     free loopback port unless `listen` says otherwise. No config file is read: an embedded
-    proxy is configured by its caller alone."""
-    return build_config({"listen": DEFAULT_LISTEN, **options})
+    proxy is configured by its caller, and by the environment's parent proxy variables unless
+    `upstream_proxy` is given ("none" ignores them)."""
+    return build_config({"listen": DEFAULT_LISTEN, **options}, environ=os.environ)
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,21 @@ def advertised_host(host: str) -> str:
             return "::1" if address.version == 6 else "127.0.0.1"
 
 
+def parents_for(config: Config, listeners: list[trio.SocketListener]) -> Config:
+    """`config` without a parent proxy that is this proxy itself (see `without_self`), once
+    the listening addresses are known (port 0 becomes one only then); logs the parents."""
+    listening = [listener.socket.getsockname()[:2] for listener in listeners]
+    try:
+        parents = without_self(config.upstream_proxies, listening, is_own_address)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    for scheme, parent in sorted(parents.items()):
+        log.info("%s origins through the upstream proxy %s (%s)", scheme, parent, parent.source)
+    if parents and config.upstream_proxy_bypass:
+        log.info("reached directly: %s", ",".join(config.upstream_proxy_bypass))
+    return dataclasses.replace(config, upstream_proxies=parents)
+
+
 def proxy_url(server: ProxyServer) -> str:
     host, port = server.address
     host = advertised_host(host)
@@ -171,13 +191,19 @@ async def open_proxy(
     check_exposure(config, listeners)
     raise_fd_limit()
     ca, bundle = _start_ca(config)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+    try:
+        config = parents_for(config, listeners)
+    except ConfigError:
+        for listener in listeners:
+            await listener.aclose()
+        raise
     store = _open_store(config)
     server = ProxyServer(config, ca, store)
     # Every proxy a user starts answers `transcache doctor`'s fetches: the pages belong to
     # install, and are registered here, where the proxy is assembled, not in the core.
     server.admin.register(doctor_pages.pages())
-    if listeners is None:
-        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
         if store is not None:

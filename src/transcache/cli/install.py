@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .._config import DEFAULT_PORT
 from ..install.settings import TRUST_CHOICES, Settings
 from ._human import age, plural
-from ._options import add_ca_dir, add_cache_dir, listen_address
+from ._options import add_ca_dir, add_cache_dir, existing_file, listen_address
 
 if TYPE_CHECKING:
     from ..install.installer import Machine
@@ -74,6 +74,25 @@ def _add_install_parser(commands: Commands) -> None:
         help="also bypass the proxy for HOST (added to NO_PROXY); repeatable",
     )
     install.add_argument(
+        "--upstream-proxy",
+        metavar="URL",
+        help="the service reaches origins through this proxy, http://[USER:PASS@]HOST:PORT, "
+        "or `none` (default: the https_proxy / http_proxy install runs with, else the earlier "
+        "install's); credentials go in a file only you can read",
+    )
+    install.add_argument(
+        "--upstream-proxy-file",
+        type=existing_file,
+        metavar="FILE",
+        help="as --upstream-proxy, the URL read from FILE (keeps credentials out of argv)",
+    )
+    install.add_argument(
+        "--upstream-proxy-bypass",
+        metavar="PATTERNS",
+        help="hosts the service reaches directly, NO_PROXY syntax (default: the NO_PROXY "
+        "install runs with)",
+    )
+    install.add_argument(
         "--socket-activation",
         action="store_true",
         help="systemd: a .socket unit listens and starts the service on first connection",
@@ -100,7 +119,9 @@ def _add_install_parser(commands: Commands) -> None:
 
 
 def _command_install(args: argparse.Namespace) -> int:
-    from ..install import installer
+    import dataclasses
+
+    from ..install import installer, parent
     from ..install.plan import needs_root
     from ..install.runner import SubprocessRunner
 
@@ -117,6 +138,16 @@ def _command_install(args: argparse.Namespace) -> int:
         apt=args.apt,
     )
     settings = installer.with_user_node_ca(settings, os.environ)
+    previous = installer.installed_settings()
+    settings = dataclasses.replace(
+        settings,
+        upstream_proxy=parent.chosen_parent(
+            args.upstream_proxy, args.upstream_proxy_file, os.environ, settings, previous
+        ),
+        upstream_proxy_bypass=parent.chosen_bypass(
+            args.upstream_proxy_bypass, os.environ, settings, previous
+        ),
+    )
     machine = installer.Machine.detect()
     if args.dry_run:
         return _print_dry_run(settings, machine)
@@ -130,6 +161,8 @@ def _command_install(args: argparse.Namespace) -> int:
     outcome = installer.install(settings, plan, SubprocessRunner())
     for change in outcome.changed:
         print(change)
+    if settings.upstream_proxy is not None:
+        print(f"the service reaches origins through {settings.upstream_proxy}")
     for note in plan.notes:
         print(f"transcache: note: {note}", file=sys.stderr)
     if outcome.changed:
@@ -204,6 +237,7 @@ def _print_status(status: Status) -> None:
             + (", enabled" if status.enabled else ", not enabled"),
         ),
         ("proxy", f"{status.url} " + ("answers /healthz" if status.answering else "not answering")),
+        ("upstream proxy", status.upstream_proxy or "none (direct)"),
         ("CA", f"{status.ca_path} (expires {status.ca_expires or 'unknown: not created yet'})"),
         (
             "bundle",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -176,6 +177,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="longest wait for an origin to answer or send more (default: %(default)s)",
     )
+    _add_parent_options(parser)
     parser.add_argument(
         "--access-log",
         type=Path,
@@ -191,6 +193,29 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "default: %(default)s",
     )
     _add_cache_options(parser)
+
+
+def _add_parent_options(parser: argparse.ArgumentParser) -> None:
+    parent = parser.add_mutually_exclusive_group()
+    parent.add_argument(
+        "--upstream-proxy",
+        metavar="URL",
+        help="reach origins through this proxy, http://[USER:PASS@]HOST:PORT, or `none` "
+        "(default: the environment's https_proxy / http_proxy)",
+    )
+    parent.add_argument(
+        "--upstream-proxy-file",
+        type=existing_file,
+        metavar="FILE",
+        help="as --upstream-proxy, the URL read from FILE, which keeps credentials out of the "
+        "command line (mode 0600 when it holds any)",
+    )
+    parser.add_argument(
+        "--upstream-proxy-bypass",
+        metavar="PATTERNS",
+        help="hosts reached directly, not through the upstream proxy, in NO_PROXY syntax "
+        "(default: the environment's NO_PROXY)",
+    )
 
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -280,8 +305,11 @@ def config_from(args: argparse.Namespace) -> Config:
         "rules": [*args.min_ttl, *args.immutable, *args.never_cache],
         "index_ttl": args.index_ttl,
         "strict_client_reload": args.strict_client_reload,
+        "upstream_proxy": args.upstream_proxy,
+        "upstream_proxy_file": args.upstream_proxy_file,
+        "upstream_proxy_bypass": args.upstream_proxy_bypass,
     }
-    return build_config(options, args.config)
+    return build_config(options, args.config, os.environ)
 
 
 def config_from_flags(flags: Sequence[str]) -> Config:

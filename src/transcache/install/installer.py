@@ -32,6 +32,7 @@ from . import (
     environment,
     launchd,
     node,
+    parent,
     systemd,
     trust_darwin,
     trust_java,
@@ -135,6 +136,7 @@ def plan_inputs(settings: Settings, machine: Machine) -> list[Input]:
         Input("--ca-dir", str(settings.ca_dir)),
         Input("--cache-dir", str(settings.cache_dir)),
         *(Input("--no-proxy", host, Kind.NO_PROXY_HOST) for host in settings.no_proxy),
+        *(Input("--upstream-proxy-bypass", h) for h in settings.upstream_proxy_bypass),
         Input("the Python interpreter", machine.python, Kind.EXECUTABLE),
         # env.sh is sourced from the startup files by its path.
         Input("the data directory", str(_paths.data_dir())),
@@ -188,6 +190,7 @@ def build_plan(settings: Settings, machine: Machine, ca: TrustedCA) -> Plan:
         if machine.apt_dir is None:
             raise InstallError("--apt: apt is not installed here (no apt-get, no /etc/apt)")
         steps += apt.steps(settings, machine.apt_dir, machine.sudo)
+    steps += parent.steps(settings)  # before the service that reads it
     if machine.darwin:
         steps += launchd.steps(settings, uid=machine.uid, python=machine.python)
     else:

@@ -51,6 +51,8 @@ class WriteFile:
     path: Path
     content: bytes
     mode: int = DEFAULT_FILE_MODE
+    # Holds credentials: `--dry-run` names the file but does not show it.
+    secret: bool = False
 
     @property
     def key(self) -> EntryKey:
@@ -171,6 +173,7 @@ class Write:
     content: bytes
     mode: int
     new_dirs: tuple[Path, ...] = ()
+    secret: bool = False
 
     @property
     def entry(self) -> FileEntry:
@@ -221,8 +224,9 @@ def diff(steps: Sequence[Step], manifest: Manifest, disk: Disk) -> list[Change]:
         if isinstance(step, WriteFile):
             current = disk.files.get(step.path)
             if current != step.content:
+                dirs = new_dirs(step.path.parent)
                 changes.append(
-                    Write(step.path, current, step.content, step.mode, new_dirs(step.path.parent))
+                    Write(step.path, current, step.content, step.mode, dirs, step.secret)
                 )
                 written.add(step.path)
             elif manifest.get(step.key) != (record := FileEntry(step.path, sha256(current))):
@@ -290,6 +294,9 @@ def render(changes: Iterable[Change]) -> list[str]:
                 lines.append(f"remove transcache's {change.entry.key[0]} from {change.entry.path}")
         elif isinstance(change, Write | Edit):
             lines.append(f"{'create' if change.previous is None else 'modify'} {change.path}")
+            if isinstance(change, Write) and change.secret:
+                lines.append("  (not shown: it holds credentials)")
+                continue
             lines.extend(
                 line.rstrip("\n")
                 for line in difflib.unified_diff(

@@ -1,5 +1,8 @@
 """What an install is configured with, kept in the manifest so `env`, `status`, `exec` and a
-later `install` agree on the address and the CA without being told again."""
+later `install` agree on the address and the CA without being told again.
+
+The parent proxy's credentials never enter the manifest: it records the parent's URL
+without them, and the service reads the whole URL from a 0600 file (`parent_file_path`)."""
 
 from __future__ import annotations
 
@@ -11,16 +14,23 @@ from .. import _paths
 from .._bundle import NODE_BUNDLE_NAME, NPM_BUNDLE_NAME, is_system_bundle
 from .._config import DEFAULT_PORT
 from .._launch import NO_PROXY, client_environment
+from .._parent import NO_PARENT, ParentProxy, parse_parent
 from .._paths import BUNDLE_NAME
 
 MANIFEST_NAME = "install.json"
 # What `install --trust` may add our CA to, besides the user's own stores.
 TRUST_CHOICES = ("system", "nss", "java")
 ENV_SH_NAME = "env.sh"
+PARENT_FILE_NAME = "upstream-proxy"
 
 
 def manifest_path() -> Path:
     return _paths.data_dir() / MANIFEST_NAME
+
+
+def parent_file_path() -> Path:
+    """The 0600 file holding the parent proxy's URL, credentials included."""
+    return _paths.data_dir() / PARENT_FILE_NAME
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,10 @@ class Settings:
     node_extra_ca_certs: Path | None = None
     # Write an apt.conf.d snippet (apt under sudo sees none of the variables).
     apt: bool = False
+    # The service's parent proxy (with its credentials only when `install` was given them:
+    # the manifest keeps none) and the hosts it reaches directly.
+    upstream_proxy: ParentProxy | None = None
+    upstream_proxy_bypass: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -78,8 +92,9 @@ class Settings:
         return env
 
     def run_arguments(self) -> list[str]:
-        """`transcache run` arguments that serve these settings."""
-        return [
+        """`transcache run` arguments that serve these settings. The parent proxy is always
+        explicit (its file, or none), so the service never takes one from its environment."""
+        arguments = [
             "run",
             "--listen",
             f"{self.listen_host}:{self.listen_port}",
@@ -88,6 +103,12 @@ class Settings:
             "--cache-dir",
             str(self.cache_dir),
         ]
+        if self.upstream_proxy is None:
+            return [*arguments, "--upstream-proxy", NO_PARENT]
+        arguments += ["--upstream-proxy-file", str(parent_file_path())]
+        if self.upstream_proxy_bypass:
+            arguments += ["--upstream-proxy-bypass", ",".join(self.upstream_proxy_bypass)]
+        return arguments
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,6 +116,8 @@ class Settings:
         data["no_proxy"], data["trust"] = list(self.no_proxy), list(self.trust)
         if self.node_extra_ca_certs is not None:
             data["node_extra_ca_certs"] = str(self.node_extra_ca_certs)
+        data["upstream_proxy"] = None if self.upstream_proxy is None else str(self.upstream_proxy)
+        data["upstream_proxy_bypass"] = list(self.upstream_proxy_bypass)
         return data
 
     @classmethod
@@ -114,4 +137,10 @@ class Settings:
                 Path(data["node_extra_ca_certs"]) if data.get("node_extra_ca_certs") else None
             ),
             apt=bool(data.get("apt")),
+            upstream_proxy=(
+                parse_parent(data["upstream_proxy"], str(parent_file_path()))
+                if data.get("upstream_proxy")
+                else None
+            ),
+            upstream_proxy_bypass=tuple(data.get("upstream_proxy_bypass", ())),
         )

@@ -38,6 +38,9 @@ class Status:
     # Where the service logs and the command that starts it; "" when nothing is installed.
     logs: str = ""
     start: str = ""
+    # The service's parent proxy, without credentials, and the hosts it reaches directly.
+    upstream_proxy: str | None = None
+    upstream_proxy_bypass: list[str] = field(default_factory=list)
     # host -> {"count": N, "clients": [...]}: clients that refused the proxy's certificate.
     tls_rejections: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The running proxy's cache stats, live (what `cache stats --json` prints); {} if down.
@@ -96,4 +99,6 @@ def collect(environ: Mapping[str, str], now: dt.datetime | None = None) -> Statu
         start=start,
         tls_rejections=leaf_rejections(settings.url) if answering else {},
         cache=live_stats(settings.url) if answering else {},
+        upstream_proxy=None if settings.upstream_proxy is None else str(settings.upstream_proxy),
+        upstream_proxy_bypass=list(settings.upstream_proxy_bypass),
     )
