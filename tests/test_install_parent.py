@@ -71,9 +71,12 @@ def test_install_keeps_the_machines_proxy_as_the_parent_and_uninstall_restores_i
     # Clients go through the service; the password is only in the 0600 file (and in the
     # user's own files, where it was before).
     assert login_shell_proxy(home) == expected_env(home)["HTTPS_PROXY"]
-    status_text = home.transcache("status").stdout
+    # The service is installed but not running here: status says so with exit status 3.
+    status_run = home.transcache("status", check=False)
+    assert status_run.returncode == 3
+    status_text = status_run.stdout
     assert f"upstream proxy {CORP_SHOWN}\n" in status_text
-    status = json.loads(home.transcache("status", "--json").stdout)
+    status = json.loads(home.transcache("status", "--json", check=False).stdout)
     assert status["upstream_proxy"] == CORP_SHOWN
     assert status["upstream_proxy_bypass"] == ["intranet.test", ".corp.test"]
     written = everything_written(home).replace(CORP_PROFILE.decode(), "")
@@ -108,4 +111,4 @@ def test_upstream_proxy_none_keeps_the_service_direct(home: Home) -> None:
     unit = (home.config_dir / "systemd" / "user" / "transcache.service").read_text()
     assert "--upstream-proxy none" in unit
     assert not (home.data_dir / "upstream-proxy").exists()
-    assert "upstream proxy none (direct)\n" in home.transcache("status").stdout
+    assert "upstream proxy none (direct)\n" in home.transcache("status", check=False).stdout

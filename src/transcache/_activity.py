@@ -107,10 +107,12 @@ class EcosystemCounts:
             return
         ecosystem = exchange.ecosystem.value
         if exchange.outcome in HIT_OUTCOMES:
-            self.store.count_ecosystem(ecosystem, EcosystemCounter.HITS)
-            self.store.count_ecosystem(ecosystem, EcosystemCounter.BYTES_FROM_CACHE, exchange.bytes)
+            self.store.counters.count_ecosystem(ecosystem, EcosystemCounter.HITS)
+            self.store.counters.count_ecosystem(
+                ecosystem, EcosystemCounter.BYTES_FROM_CACHE, exchange.bytes
+            )
         elif exchange.outcome in MISS_OUTCOMES:
-            self.store.count_ecosystem(ecosystem, EcosystemCounter.MISSES)
-            self.store.count_ecosystem(
+            self.store.counters.count_ecosystem(ecosystem, EcosystemCounter.MISSES)
+            self.store.counters.count_ecosystem(
                 ecosystem, EcosystemCounter.BYTES_FROM_UPSTREAM, exchange.served_bytes
             )

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from .blobs import Blob, BlobLedger, BodyWriter, check_blob, evict_blobs, scan
-from .counters import Counter, CounterBook, EcosystemCounter
+from .counters import Counter, CounterBook
 from .layout import (
     PROXY_NAME,
     Layout,
@@ -305,9 +305,6 @@ class Store:
 
     def count(self, name: Counter, amount: int = 1) -> None:
         self.counters.count(name, amount)
-
-    def count_ecosystem(self, ecosystem: str, name: EcosystemCounter, amount: int = 1) -> None:
-        self.counters.count_ecosystem(ecosystem, name, amount)
 
     def flush_counters(self) -> None:
         self.counters.flush()
