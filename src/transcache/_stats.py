@@ -7,12 +7,9 @@ holds. The pytest plugin gives each test its own tag, so traffic is attributed t
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._protocol import Headers, header_value
 from .cache.decide import Outcome
 
 if TYPE_CHECKING:
@@ -63,19 +60,3 @@ class ProxyStats:
                     counters.bytes_from_cache += size
                 else:
                     counters.upstream_bytes += size
-
-
-def tag_from(headers: Headers) -> str | None:
-    """The user name of a Basic Proxy-Authorization header, if any."""
-    value = header_value(headers, b"proxy-authorization")
-    if value is None:
-        return None
-    scheme, _, encoded = value.partition(b" ")
-    if scheme.lower() != b"basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user = decoded.partition(":")[0]
-    return user or None
