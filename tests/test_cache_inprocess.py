@@ -302,3 +302,72 @@ async def test_strict_client_reload_revalidates_inside_the_window(
     await settle(cache)
     assert (await fetch_page(cache))[1] is Outcome.HIT
     assert (await fetch_page(cache, RELOAD))[:2] == (b"v2", Outcome.MISS)
+
+
+# -- registry shapes, from an origin that sends no cache headers at all ----------------------------
+
+ARTIFACTS = [
+    "/packages/3d/5f/8c0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f607182/pkg-1.0.tar.gz",
+    "/files/pkg-1.0-py3-none-any.whl",
+    "/files/pkg-1.0-py3-none-any.whl.metadata",
+    "/pkg/-/pkg-1.0.0.tgz",
+    "/debian/pool/main/p/pkg/pkg_1.0-1_amd64.deb",
+    "/debian/dists/stable/main/by-hash/SHA256/" + "ab" * 32,
+    "/api/v1/crates/pkg/1.0.0/download",
+    "/example.test/mod/@v/v1.0.0.zip",
+    "/maven2/org/example/lib/1.0/lib-1.0.jar",
+    "/conda-forge/noarch/pkg-1.0-py_0.conda",
+    "/gems/pkg-1.0.0.gem",
+    "/v3-flatcontainer/pkg/1.0.0/pkg.1.0.0.nupkg",
+    "/archive/" + "0123456789abcdef" * 2 + "01234567.tar.gz",  # a commit id
+]
+
+
+@pytest.mark.parametrize("path", ARTIFACTS)
+async def test_every_artifact_shape_is_a_hit_days_later_with_no_cache_headers(
+    open_cache: tuple[trio.Nursery, Path], mock_clock: trio.testing.MockClock, path: str
+) -> None:
+    nursery, tmp = open_cache
+    origin = FakeOrigin(page(b"artifact"), page(b"changed"))
+    cache = await start(nursery, tmp, origin)
+    assert await fetch(cache, path) == (b"artifact", Outcome.MISS)
+    await settle(cache)
+    mock_clock.jump(30 * 24 * 3600)
+    assert await fetch(cache, path, RELOAD) == (b"artifact", Outcome.HIT)
+    assert len(origin.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/simple/pkg/", b"text/html"),
+        ("/pkg", b"application/vnd.npm.install-v1+json"),
+        ("/debian/dists/stable/InRelease", b"*/*"),
+        ("/pk/g1/pkg1", b"*/*"),
+    ],
+)
+async def test_every_index_shape_gets_the_window_with_no_cache_headers(
+    open_cache: tuple[trio.Nursery, Path],
+    mock_clock: trio.testing.MockClock,
+    path: str,
+    accept: bytes,
+) -> None:
+    nursery, tmp = open_cache
+    origin = FakeOrigin(page(b"index"), page(b"changed"))
+    cache = await start(nursery, tmp, origin)
+    assert await fetch(cache, path, b"Accept: " + accept) == (b"index", Outcome.MISS)
+    await settle(cache)
+    mock_clock.jump(300)
+    assert await fetch(cache, path, b"Accept: " + accept, RELOAD) == (b"index", Outcome.HIT)
+    assert len(origin.requests) == 1
+
+
+async def test_a_path_of_no_known_shape_follows_the_origins_headers(
+    open_cache: tuple[trio.Nursery, Path], mock_clock: trio.testing.MockClock
+) -> None:
+    nursery, tmp = open_cache
+    origin = FakeOrigin(page(b"v1"), page(b"v2"))
+    cache = await start(nursery, tmp, origin)
+    await fetch(cache, "/downloads/latest.tar.gz")
+    await settle(cache)
+    assert await fetch(cache, "/downloads/latest.tar.gz") == (b"v2", Outcome.MISS)
