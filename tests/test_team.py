@@ -261,3 +261,5 @@ def test_metrics_need_a_user_and_count_each_users_requests(
         if sample.name == "transcache_user_requests_total"
     }
     assert users == {"alice": 1.0}
+    page = curl(bare, "--fail", "--user", "bob:another-token", f"{team_proxy.url}/").stdout
+    assert '<table id="users">' in page and "<td>alice</td>" in page

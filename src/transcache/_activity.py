@@ -64,6 +64,7 @@ class Activity:
     total: Tally = field(default_factory=Tally)
     by_ecosystem: dict[Ecosystem, Tally] = field(default_factory=dict)
     by_host: dict[str, Tally] = field(default_factory=dict)
+    by_user: dict[str, Tally] = field(default_factory=dict)  # authenticated users (team)
     misses: deque[Recent] = field(default_factory=lambda: deque(maxlen=RECENT))
     errors: deque[Recent] = field(default_factory=lambda: deque(maxlen=RECENT))
     passthrough: dict[str, int] = field(default_factory=dict)  # host:port -> tunnels
@@ -82,6 +83,8 @@ class Activity:
             exchange, hit
         )
         self._host_tally(exchange.url).add(exchange, hit)
+        if exchange.user is not None:  # users come from the auth file: a bounded set
+            self.by_user.setdefault(exchange.user, Tally()).add(exchange, hit)
         now = time.time()
         if outcome in MISS_OUTCOMES:
             self.misses.appendleft(Recent(now, exchange.url, exchange.status, outcome.value))

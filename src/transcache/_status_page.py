@@ -75,6 +75,11 @@ def render(view: StatusView, now: float | None = None) -> bytes:
         _tallies("ecosystems", ((e.value, t) for e, t in activity.by_ecosystem.items())),
         "<h2>By host</h2>",
         _tallies("hosts", activity.by_host.items()),
+        *(
+            ["<h2>By user</h2>", _tallies("users", activity.by_user.items())]
+            if activity.by_user
+            else []
+        ),
         f"<h2>Downloads in flight ({len(view.downloads)})</h2>",
         _downloads(view.downloads),
         "<h2>Recent misses</h2>",
