@@ -10,7 +10,7 @@ from .. import _git
 from .. import _policy as policy
 from .._errors import BadRequestError, PayloadTooLargeError
 from .._protocol import Headers, Origin, header_value
-from .._registries import Kind, shape_of
+from .._registries import HINT_HEADERS, Kind, shape_of
 from .._upstream import BodyReader
 from .decide import Mode, RequestKind, View
 
@@ -111,8 +111,12 @@ def _rule(request: CacheRequest, freshness: Freshness) -> policy.Rule | None:
         return rule
     if _git.commit_pinned_url(request.path):
         return PINNED  # names a commit: the bytes behind it cannot change
-    accept = header_value(request.headers, b"accept")
-    shape = shape_of(request.path, accept.decode("latin-1") if accept else None)
+    hints = {
+        name: value.decode("latin-1")
+        for name in HINT_HEADERS
+        if (value := header_value(request.headers, name.encode())) is not None
+    }
+    shape = shape_of(request.path, hints)
     if shape.kind is Kind.ARTIFACT:
         return policy.Rule("*", policy.RuleAction.IMMUTABLE, source=shape.convention)
     if shape.kind is Kind.INDEX:
