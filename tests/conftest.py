@@ -49,14 +49,19 @@ def resolve_names(*origins: Origin, names: Iterable[str] = ORIGIN_NAMES) -> list
 
 @pytest.fixture
 def start_proxy(tmp_path: Path, origin_ca_pem: Path) -> Iterator[StartProxy]:
-    """Start `transcache run` routing the origins' names; extra CLI flags via `args`."""
+    """Start `transcache run` routing the origins' `names`; extra CLI flags via `args`."""
     started: list[ProxyProcess] = []
 
-    def start(*origins: Origin, args: Iterable[str] = (), name: str = "proxy") -> ProxyProcess:
+    def start(
+        *origins: Origin,
+        args: Iterable[str] = (),
+        name: str = "proxy",
+        names: Iterable[str] = ORIGIN_NAMES,
+    ) -> ProxyProcess:
         proxy = ProxyProcess.start(
             tmp_path / name,
             upstream_ca=[origin_ca_pem],
-            resolve=resolve_names(*origins),
+            resolve=resolve_names(*origins, names=names),
             args=args,
         )
         started.append(proxy)
