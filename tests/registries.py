@@ -13,8 +13,8 @@ a client needs to use it:
   through by-hash, a pool/ .deb built with dpkg-deb) and the key that signs it;
 - `add_goproxy`: a Go module proxy (/<module>/@v/list, <v>.info, <v>.mod, <v>.zip in the
   module zip layout);
-- `add_crates_sparse` / `add_crates_git`: a cargo registry with a sparse index or a git index
-  (the form cargo before 1.68 supports), and .crate downloads under /api/v1/crates/.
+- `add_crates`: a cargo registry in the form the cargo on PATH reads (a sparse index from
+  1.68 on, a git index before), and .crate downloads under /api/v1/crates/.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import zipfile
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from .gitrepo import commit_file, git_env, make_repo, run_git
 from .origin import Exchange, Origin
-from .packages import ZIP_TIMESTAMP, build_wheel
+from .packages import ZIP_TIMESTAMP, build_wheel, in_tree_build
 
 # One time for everything built here: archives are the same bytes on every run.
 EPOCH = 1704067200  # 2024-01-01T00:00:00Z
@@ -63,50 +64,15 @@ def _tar_gz(files: Mapping[str, bytes]) -> bytes:
 
 # --- Python --------------------------------------------------------------------------------
 
-# An sdist that builds with nothing to download: its backend is in the tree.
 SDIST_NAME, SDIST_VERSION = "tcsdist", "1.0"
-_SDIST_BACKEND = b"""
-import zipfile
-
-DIST = "tcsdist-1.0.dist-info"
-FILES = {
-    "tcsdist_pkg/__init__.py": b"",
-    DIST + "/METADATA": b"Metadata-Version: 2.1\\nName: tcsdist\\nVersion: 1.0\\n",
-    DIST + "/WHEEL": b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
-    DIST + "/RECORD": b"",
-}
-
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    name = "tcsdist-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel_directory + "/" + name, "w") as wheel:
-        for path, data in FILES.items():
-            wheel.writestr(path, data)
-    return name
-"""
-_SDIST_PYPROJECT = b"""[build-system]
-requires = []
-build-backend = "backend"
-backend-path = ["."]
-
-[project]
-name = "tcsdist"
-version = "1.0"
-"""
 
 
 def _sdist() -> tuple[str, bytes]:
     stem = f"{SDIST_NAME}-{SDIST_VERSION}"
     pkg_info = f"Metadata-Version: 2.1\nName: {SDIST_NAME}\nVersion: {SDIST_VERSION}\n"
-    files = {
-        f"{stem}/PKG-INFO": pkg_info.encode(),
-        f"{stem}/pyproject.toml": _SDIST_PYPROJECT,
-        f"{stem}/backend.py": _SDIST_BACKEND,
-    }
+    files = {f"{stem}/PKG-INFO": pkg_info.encode()}
+    for name, data in in_tree_build(SDIST_NAME, SDIST_VERSION).items():
+        files[f"{stem}/{name}"] = data
     return f"{stem}.tar.gz", _tar_gz(files)
 
 
@@ -301,6 +267,7 @@ def add_goproxy(origin: Origin) -> str:
 # --- cargo ---------------------------------------------------------------------------------
 
 CRATE, CRATE_VERSION = "tcfoo", "1.0.0"
+CARGO_SPARSE_SINCE = (1, 68)
 
 
 def _crate() -> bytes:
@@ -356,3 +323,22 @@ def add_crates_git(origin: Origin, base_url: str, workdir: Path) -> str:
     run_git("push", "--quiet", "origin", "HEAD:main", cwd=work, env=env)
     origin.add_git("git", bare.parent)
     return f"{base_url}/git/index.git"
+
+
+def cargo_reads_sparse() -> bool:
+    """Whether the cargo on PATH reads sparse registries (1.68 and later); before, only git
+    indexes (Debian 12's cargo is 1.65)."""
+    output = subprocess.run(
+        ["cargo", "--version"], check=True, capture_output=True, text=True
+    ).stdout
+    match = re.match(r"cargo (\d+)\.(\d+)", output)
+    assert match is not None, output
+    return (int(match.group(1)), int(match.group(2))) >= CARGO_SPARSE_SINCE
+
+
+def add_crates(origin: Origin, crates_url: str, git_url: str, workdir: Path) -> str:
+    """The registry form the cargo on PATH reads: sparse at `crates_url`, else a git index
+    at `git_url`. Returns the index URL for cargo's configuration."""
+    if cargo_reads_sparse():
+        return add_crates_sparse(origin, crates_url)
+    return add_crates_git(origin, git_url, workdir)

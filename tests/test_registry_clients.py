@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -26,19 +25,17 @@ from .proxyproc import ProxyProcess
 from .registries import (
     DEB_PACKAGE,
     DEB_SUITE,
-    add_crates_git,
-    add_crates_sparse,
+    add_crates,
     add_debian,
     add_goproxy,
     add_npm,
     add_pypi,
+    cargo_reads_sparse,
 )
 
 REGISTRY_NAMES = ("pypi.test", "npm.test", "deb.test", "goproxy.test", "crates.test", "git.test")
 # npm without its network side trips (audit, funding, update check) and scripts.
 NPM_QUIET = ["--no-audit", "--no-fund", "--no-update-notifier", "--ignore-scripts"]
-# cargo reads sparse registries from this version on; before it, only git indexes.
-CARGO_SPARSE_SINCE = (1, 68)
 
 
 @pytest.fixture
@@ -56,6 +53,11 @@ def proxy(start_proxy: StartProxy, registry: Origin) -> ProxyProcess:
 @pytest.fixture
 def env(proxy: ProxyProcess, home: Path) -> dict[str, str]:
     return client_env(home, proxy.env())
+
+
+def url(origin: Origin, host: str) -> str:
+    """The origin's base URL under `host`, with no trailing slash."""
+    return origin.url(host, "")
 
 
 def cold_then_warm(origin: Origin, install: object) -> list[RecordedRequest]:
@@ -106,7 +108,7 @@ def test_uv_warm_install_sends_nothing_upstream(
 
     warm = cold_then_warm(registry, install)
     assert warm == [], described(warm)
-    assert (tmp_path / "warm" / "tcsdist_pkg").is_dir()
+    assert (tmp_path / "warm" / "tcsdist" / "__init__.py").is_file()
 
 
 def test_npm_warm_install_sends_nothing_upstream(
@@ -121,6 +123,8 @@ def test_npm_warm_install_sends_nothing_upstream(
         (project / "package.json").write_text('{"name": "project", "version": "1.0.0"}\n')
         cache = tmp_path / f"npm-cache-{run_name}"
         options = ["--registry", registry_url, "--cache", str(cache), *NPM_QUIET]
+        # --prefix also moves npm's global npmrc into the project: a machine-wide `cafile`
+        # (some machines set one), which would replace NODE_EXTRA_CA_CERTS, stays out
         run(["npm", "install", "--prefix", str(project), *options, *packages], env)
 
     warm = cold_then_warm(registry, install)
@@ -216,7 +220,7 @@ def test_go_warm_module_download_sends_nothing_upstream(
     def download(run_name: str) -> None:
         go_env = {
             **env,
-            "GOPROXY": registry.url("goproxy.test", "").rstrip("/"),
+            "GOPROXY": url(registry, "goproxy.test"),
             "GOSUMDB": "off",
             "GOFLAGS": "-mod=mod",
             "GOTOOLCHAIN": "local",
@@ -231,13 +235,6 @@ def test_go_warm_module_download_sends_nothing_upstream(
     assert list((tmp_path / "gomodcache-warm").rglob("hello.go"))
 
 
-def cargo_version() -> tuple[int, int]:
-    output = run(["cargo", "--version"], {**os.environ}).stdout
-    match = re.match(r"cargo (\d+)\.(\d+)", output)
-    assert match is not None, output
-    return int(match.group(1)), int(match.group(2))
-
-
 def test_cargo_warm_fetch_sends_nothing_upstream_but_git_ref_discovery(
     registry: Origin, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -245,12 +242,8 @@ def test_cargo_warm_fetch_sends_nothing_upstream_but_git_ref_discovery(
     warm), a git index before (Debian's cargo: ref discovery, like git)."""
     if shutil.which("cargo") is None:
         pytest.fail("cargo is not installed: ./dev test installs cargo")
-    base = registry.url("crates.test", "").rstrip("/")
-    sparse = cargo_version() >= CARGO_SPARSE_SINCE
-    if sparse:
-        index = add_crates_sparse(registry, base)
-    else:
-        index = add_crates_git(registry, registry.url("git.test", "").rstrip("/"), tmp_path)
+    sparse = cargo_reads_sparse()
+    index = add_crates(registry, url(registry, "crates.test"), url(registry, "git.test"), tmp_path)
 
     def fetch(run_name: str) -> None:
         cargo_home = tmp_path / f"cargo-home-{run_name}"
