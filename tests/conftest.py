@@ -35,6 +35,18 @@ def origin(origin_ca: trustme.CA) -> Iterator[Origin]:
     assert not server.errors, server.errors
 
 
+# Names the registry-like origin answers to (tests/registries.py builds its routes).
+REGISTRY_NAMES = ("pypi.test", "npm.test", "deb.test", "goproxy.test", "crates.test", "git.test")
+
+
+@pytest.fixture
+def registry(origin_ca: trustme.CA) -> Iterator[Origin]:
+    """An HTTPS origin for the registries of tests/registries.py, under REGISTRY_NAMES."""
+    with Origin.start(issue_origin_cert(origin_ca, *REGISTRY_NAMES)) as server:
+        yield server
+    assert not server.errors, server.errors
+
+
 @pytest.fixture
 def plain_origin() -> Iterator[Origin]:
     """A plain-HTTP origin answering to the same names."""

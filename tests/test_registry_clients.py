@@ -11,16 +11,14 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from .clients import CLIENT_TIMEOUT, PIP, run, uv_pip_install
-from .conftest import StartProxy
+from .conftest import REGISTRY_NAMES, StartProxy
 from .gitrepo import make_repo
-from .origin import Origin, RecordedRequest, client_env, issue_origin_cert
+from .origin import Origin, RecordedRequest, client_env
 from .proxyproc import ProxyProcess
 from .registries import (
     DEB_PACKAGE,
@@ -33,16 +31,8 @@ from .registries import (
     cargo_reads_sparse,
 )
 
-REGISTRY_NAMES = ("pypi.test", "npm.test", "deb.test", "goproxy.test", "crates.test", "git.test")
 # npm without its network side trips (audit, funding, update check) and scripts.
 NPM_QUIET = ["--no-audit", "--no-fund", "--no-update-notifier", "--ignore-scripts"]
-
-
-@pytest.fixture
-def registry(origin_ca: trustme.CA) -> Iterator[Origin]:
-    with Origin.start(issue_origin_cert(origin_ca, *REGISTRY_NAMES)) as server:
-        yield server
-    assert not server.errors, server.errors
 
 
 @pytest.fixture

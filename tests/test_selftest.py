@@ -6,15 +6,14 @@ ref discovery)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from transcache.cli import main
 
-from .origin import Origin, issue_origin_cert
+from .conftest import REGISTRY_NAMES
+from .origin import Origin
 from .registries import (
     DEB_PACKAGE,
     DEB_SUITE,
@@ -25,17 +24,9 @@ from .registries import (
     add_pypi,
     cargo_reads_sparse,
 )
-from .test_registry_clients import REGISTRY_NAMES
 
 # One line of the table: client, cold and warm requests, warm from cache, warm upstream, rate.
 ROW = re.compile(r"^(\w+) +(\d+) +(\d+) +(\d+) +(\d+) +(\d+%)$")
-
-
-@pytest.fixture
-def registry(origin_ca: trustme.CA) -> Iterator[Origin]:
-    with Origin.start(issue_origin_cert(origin_ca, *REGISTRY_NAMES)) as server:
-        yield server
-    assert not server.errors, server.errors
 
 
 def test_selftest_reports_every_warm_run_answered_from_the_cache(
