@@ -43,6 +43,18 @@ def origin(origin_ca: trustme.CA) -> Iterator[Origin]:
     assert not server.errors, server.errors
 
 
+# Names the registry-like origin answers to (tests/registries.py builds its routes).
+REGISTRY_NAMES = ("pypi.test", "npm.test", "deb.test", "goproxy.test", "crates.test", "git.test")
+
+
+@pytest.fixture
+def registry(origin_ca: trustme.CA) -> Iterator[Origin]:
+    """An HTTPS origin for the registries of tests/registries.py, under REGISTRY_NAMES."""
+    with Origin.start(issue_origin_cert(origin_ca, *REGISTRY_NAMES)) as server:
+        yield server
+    assert not server.errors, server.errors
+
+
 @pytest.fixture
 def plain_origin() -> Iterator[Origin]:
     """A plain-HTTP origin answering to the same names."""
@@ -57,14 +69,19 @@ def resolve_names(*origins: Origin, names: Iterable[str] = ORIGIN_NAMES) -> list
 
 @pytest.fixture
 def start_proxy(tmp_path: Path, origin_ca_pem: Path) -> Iterator[StartProxy]:
-    """Start `transcache run` routing the origins' names; extra CLI flags via `args`."""
+    """Start `transcache run` routing the origins' `names`; extra CLI flags via `args`."""
     started: list[ProxyProcess] = []
 
-    def start(*origins: Origin, args: Iterable[str] = (), name: str = "proxy") -> ProxyProcess:
+    def start(
+        *origins: Origin,
+        args: Iterable[str] = (),
+        name: str = "proxy",
+        names: Iterable[str] = ORIGIN_NAMES,
+    ) -> ProxyProcess:
         proxy = ProxyProcess.start(
             tmp_path / name,
             upstream_ca=[origin_ca_pem],
-            resolve=resolve_names(*origins),
+            resolve=resolve_names(*origins, names=names),
             args=args,
         )
         started.append(proxy)

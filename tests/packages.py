@@ -12,6 +12,8 @@ Provides:
   metadata at /files/<wheel>.metadata announced as PEP 658/714 attributes.
 - `make_index(origin, dist_dir, metadata=True)`: a ready index of four projects in which alpha
   depends on beta and delta depends on gamma.
+- `in_tree_build(name, version)`: the pyproject.toml and backend.py of a project that builds
+  with an in-tree backend (for git dependencies and sdists: no build tools to download).
 """
 
 from __future__ import annotations
@@ -101,6 +103,57 @@ def build_wheel(
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)
     return wheel_path
+
+
+# An in-tree PEP 517 backend (see in_tree_build).
+_BACKEND = """
+import base64, hashlib, zipfile
+
+NAME, VERSION = @NAME@, @VERSION@
+DIST = f"{NAME}-{VERSION}.dist-info"
+FILES = {
+    f"{NAME}/__init__.py": b"VALUE = 42\\n",
+    f"{DIST}/METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n".encode(),
+    f"{DIST}/WHEEL": (
+        b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    ),
+}
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    name = f"{NAME}-{VERSION}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(f"{wheel_directory}/{name}", "w") as wheel:
+        for path, data in FILES.items():
+            wheel.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{path},sha256={digest.decode()},{len(data)}")
+        record.append(f"{DIST}/RECORD,,")
+        wheel.writestr(f"{DIST}/RECORD", "\\n".join(record) + "\\n")
+    return name
+"""
+_PYPROJECT = """[build-system]
+requires = []
+build-backend = "backend"
+backend-path = ["."]
+
+[project]
+name = "@NAME@"
+version = "@VERSION@"
+"""
+
+
+def in_tree_build(name: str, version: str) -> dict[str, bytes]:
+    """pyproject.toml and backend.py of a project `name` that builds into a wheel with an
+    in-tree PEP 517 backend: nothing to download, so pip and uv build it through the proxy
+    with no index of build tools."""
+    backend = _BACKEND.replace("@NAME@", repr(name)).replace("@VERSION@", repr(version))
+    pyproject = _PYPROJECT.replace("@NAME@", name).replace("@VERSION@", version)
+    return {"pyproject.toml": pyproject.encode(), "backend.py": backend.encode()}
 
 
 @dataclass(frozen=True)

@@ -18,49 +18,8 @@ from .clients import run
 from .conftest import StartProxy
 from .gitrepo import commit_file, git_env, make_repo, run_git
 from .origin import Origin, client_env
+from .packages import in_tree_build
 from .proxyproc import ProxyProcess
-
-# An in-tree PEP 517 backend: the repository builds into a wheel with no build dependency to
-# download, so uv can install it from git with nothing but the proxy.
-BACKEND = """
-import base64, hashlib, zipfile
-
-NAME, VERSION = "gitpkg", "0.1"
-DIST = f"{NAME}-{VERSION}.dist-info"
-FILES = {
-    "gitpkg/__init__.py": b"VALUE = 42\\n",
-    f"{DIST}/METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n".encode(),
-    f"{DIST}/WHEEL": (
-        b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
-    ),
-}
-
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    name = f"{NAME}-{VERSION}-py3-none-any.whl"
-    record = []
-    with zipfile.ZipFile(f"{wheel_directory}/{name}", "w") as wheel:
-        for path, data in FILES.items():
-            wheel.writestr(path, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            record.append(f"{path},sha256={digest.decode()},{len(data)}")
-        record.append(f"{DIST}/RECORD,,")
-        wheel.writestr(f"{DIST}/RECORD", "\\n".join(record) + "\\n")
-    return name
-"""
-PYPROJECT = b"""[build-system]
-requires = []
-build-backend = "backend"
-backend-path = ["."]
-
-[project]
-name = "gitpkg"
-version = "0.1"
-"""
 
 
 @pytest.fixture
@@ -70,8 +29,9 @@ def repo(tmp_path: Path, origin: Origin) -> tuple[Path, str]:
     env = git_env(tmp_path / "git-home")
     (tmp_path / "git-home").mkdir()
     run_git("clone", "--quiet", str(bare), str(work), cwd=tmp_path, env=env)
-    commit_file(work, "pyproject.toml", PYPROJECT, "Add packaging", env)
-    head = commit_file(work, "backend.py", BACKEND.encode(), "Add build backend", env)
+    files = in_tree_build("gitpkg", "0.1")
+    commit_file(work, "pyproject.toml", files["pyproject.toml"], "Add packaging", env)
+    head = commit_file(work, "backend.py", files["backend.py"], "Add build backend", env)
     run_git("push", "--quiet", "origin", "HEAD:main", cwd=work, env=env)
     origin.add_git("git", bare.parent)
     return bare, head

@@ -38,6 +38,7 @@ def heavy_modules_after(code: str) -> list[str]:
         HELP.replace("ARGV", "['--help']"),
         HELP.replace("ARGV", "['exec', '--help']"),
         HELP.replace("ARGV", "['cache', 'stats', '--help']"),
+        HELP.replace("ARGV", "['selftest', '--help']"),
     ],
 )
 def test_loads_none_of_trio_h11_and_cryptography(code: str) -> None:

@@ -69,9 +69,32 @@ HASH = "3d5f8c0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5"
 def test_a_path_is_known_by_its_shape(
     path: str, accept: str | None, ecosystem: str, kind: str
 ) -> None:
-    shape = shape_of(path, accept)
+    shape = shape_of(path, {"accept": accept} if accept else {})
     assert (shape.ecosystem, shape.kind) == (Ecosystem(ecosystem), Kind(kind))
 
 
 def test_the_query_does_not_change_the_shape() -> None:
     assert shape_of("/simple/pkg/?format=json").kind is Kind.INDEX
+
+
+@pytest.mark.parametrize(
+    ("path", "hints", "ecosystem", "kind"),
+    [
+        # npm 10+ asks for full packuments with Accept: application/json; its fetcher
+        # (pacote) names the request type
+        ("/left-pad", {"pacote-req-type": "packument"}, "npm", "index"),
+        ("/@scope%2fpkg", {"pacote-req-type": "packument"}, "npm", "index"),
+        ("/left-pad", {"accept": "application/json"}, "other", "other"),
+        ("/left-pad", {"pacote-req-type": "tarball"}, "other", "other"),
+        ("/a/b/c", {"pacote-req-type": "packument"}, "other", "other"),
+        # a sparse index's config.json, as cargo asks for it (it sends cargo-protocol)
+        ("/index/config.json", {"cargo-protocol": "version=1"}, "crates", "index"),
+        ("/config.json", {"cargo-protocol": "version=1"}, "crates", "index"),
+        ("/index/config.json", {"accept": "application/json"}, "other", "other"),
+    ],
+)
+def test_how_npm_and_cargo_ask_tells_their_index_pages(
+    path: str, hints: dict[str, str], ecosystem: str, kind: str
+) -> None:
+    shape = shape_of(path, hints)
+    assert (shape.ecosystem, shape.kind) == (Ecosystem(ecosystem), Kind(kind))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -109,15 +110,25 @@ MAVEN_ARTIFACT = Shape(Ecosystem.MAVEN, Kind.ARTIFACT, "maven-release")
 # directories are the name's first characters (cargo's index layout).
 _CRATE_NAME = re.compile(r"^[a-z0-9_-]+$")
 CRATES_INDEX = Shape(Ecosystem.CRATES, Kind.INDEX, "crates-sparse-index")
-# An npm packument: /<name>, /@scope/<name> or /@scope%2f<name>, asked for as npm asks.
+# An npm packument: /<name>, /@scope/<name> or /@scope%2f<name>, asked for as npm asks:
+# with the abbreviated-metadata Accept type (npm before 10, pnpm, yarn), or, since npm 10
+# asks for full packuments with a plain `Accept: application/json`, by the request type its
+# fetcher (pacote) names in `pacote-req-type`.
 _NPM_PACKUMENT = re.compile(r"^/(@[^/]+(/|%2[fF]))?[^/@][^/]*$")
 NPM_ACCEPT = "application/vnd.npm.install-v1+json"
 NPM_PACKUMENT = Shape(Ecosystem.NPM, Kind.INDEX, "npm-packument")
+# A sparse index's config.json (where crates download from), asked for by cargo, which sends
+# `cargo-protocol` with every sparse-index request; any other config.json is someone else's.
+CRATES_CONFIG = Shape(Ecosystem.CRATES, Kind.INDEX, "crates-sparse-config")
+# The request headers (lower-case) a shape may depend on besides the path.
+HINT_HEADERS = ("accept", "pacote-req-type", "cargo-protocol")
 
 
-def shape_of(path: str, accept: str | None = None) -> Shape:
-    """What the resource at `path` (path and query) is; `accept` is the request's Accept
-    header, which tells an npm packument from any other one-segment path."""
+def shape_of(path: str, hints: Mapping[str, str] | None = None) -> Shape:
+    """What the resource at `path` (path and query) is. `hints` are the request's
+    HINT_HEADERS that it has: how npm and cargo ask tells a packument or an index's
+    config.json from any other path of that shape."""
+    hints = hints or {}
     route = path.partition("?")[0]
     for pattern, shape in _SHAPES:
         if pattern.search(route):
@@ -126,9 +137,15 @@ def shape_of(path: str, accept: str | None = None) -> Shape:
         return MAVEN_ARTIFACT
     if _sparse_index_file(route):
         return CRATES_INDEX
-    if accept is not None and NPM_ACCEPT in accept and _NPM_PACKUMENT.match(route):
+    if _asked_as_npm(hints) and _NPM_PACKUMENT.match(route):
         return NPM_PACKUMENT
+    if "cargo-protocol" in hints and route.endswith("/config.json"):
+        return CRATES_CONFIG
     return OTHER
+
+
+def _asked_as_npm(hints: Mapping[str, str]) -> bool:
+    return NPM_ACCEPT in hints.get("accept", "") or hints.get("pacote-req-type") == "packument"
 
 
 def _maven_release(route: str) -> bool:

@@ -10,7 +10,7 @@ from .. import _git
 from .. import _policy as policy
 from .._errors import BadRequestError, PayloadTooLargeError
 from .._protocol import Headers, Origin, header_value
-from .._registries import Ecosystem, Kind, shape_of
+from .._registries import HINT_HEADERS, Ecosystem, Kind, Shape, shape_of
 from .._upstream import BodyReader
 from ..store import Entry, Store
 from .decide import Mode, RequestKind, View, uncached_reason
@@ -104,8 +104,17 @@ def ecosystem_of(request: CacheRequest) -> Ecosystem:
     apart as the git request kinds, by the same tests), else by the URL's shape."""
     if _is_ref_discovery(request) or _is_upload_pack(request):
         return Ecosystem.GIT
-    accept = header_value(request.headers, b"accept")
-    return shape_of(request.path, accept.decode("latin-1") if accept else None).ecosystem
+    return registry_shape(request).ecosystem
+
+
+def registry_shape(request: CacheRequest) -> Shape:
+    """The registry shape of the request's path, told apart by how the client asks."""
+    hints = {
+        name: value.decode("latin-1")
+        for name in HINT_HEADERS
+        if (value := header_value(request.headers, name.encode())) is not None
+    }
+    return shape_of(request.path, hints)
 
 
 def _is_ref_discovery(request: CacheRequest) -> bool:
@@ -130,8 +139,7 @@ def _rule(request: CacheRequest, freshness: Freshness) -> policy.Rule | None:
         return rule
     if _git.commit_pinned_url(request.path):
         return PINNED  # names a commit: the bytes behind it cannot change
-    accept = header_value(request.headers, b"accept")
-    shape = shape_of(request.path, accept.decode("latin-1") if accept else None)
+    shape = registry_shape(request)
     if shape.kind is Kind.ARTIFACT:
         return policy.Rule("*", policy.RuleAction.IMMUTABLE, source=shape.convention)
     if shape.kind is Kind.INDEX:

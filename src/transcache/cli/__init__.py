@@ -1,6 +1,6 @@
 """Command line: `transcache COMMAND`. The only code that prints or exits.
 
-One module per command group (run, ca, cache, install, exec) adds its parsers and sets a
+One module per command group (run, ca, cache, install, exec, selftest) adds its parsers and sets a
 `handler` on each command; `main` parses and calls it. Handlers import what their command
 needs when they run, so `transcache --help` loads none of trio, h11 and cryptography.
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from .._config import ConfigError
 from .._errors import TranscacheError
-from . import ca, cache, install, run
+from . import ca, cache, install, run, selftest
 from . import exec as exec_
 from ._options import EXIT_FAILURE, EXIT_USAGE
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_parsers(commands)
     exec_.add_parsers(commands)
     install.add_doctor_parser(commands)
+    selftest.add_parsers(commands)
     return parser
 
 
