@@ -207,7 +207,7 @@ def test_json_and_html_variants_are_cached_apart(
 def test_concurrent_downloads_share_one_upstream_fetch(
     origin: Origin, proxy: ProxyProcess, proxied_env: dict[str, str], tmp_path: Path
 ) -> None:
-    body = PausedBody(200 * MiB)
+    body = PausedBody(16 * MiB)  # held half-way: every joiner reads along from the file
     origin.add_route("/big.bin", body)
     url = origin.url("files.test", "/big.bin")
     outputs = [tmp_path / f"out{i}" for i in range(8)]

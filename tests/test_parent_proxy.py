@@ -16,6 +16,10 @@ from .packages import make_index
 from .proxyproc import ProxyProcess
 from .squid import Squid, running_squid
 
+# A heavier tier: real package managers or a real squid (`-m 'not slow'` skips it).
+pytestmark = pytest.mark.slow
+
+
 FILE_BODY = b"stored once, served again\n" * 100
 CACHEABLE = {"Cache-Control": "max-age=3600"}
 

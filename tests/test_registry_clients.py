@@ -31,6 +31,9 @@ from .registries import (
     cargo_reads_sparse,
 )
 
+# A heavier tier: real package managers or a real squid (`-m 'not slow'` skips it).
+pytestmark = pytest.mark.slow
+
 # npm without its network side trips (audit, funding, update check) and scripts.
 NPM_QUIET = ["--no-audit", "--no-fund", "--no-update-notifier", "--ignore-scripts"]
 

@@ -28,9 +28,12 @@ TARBALL = "/demo/-/demo-2.1.0.tgz"
 # The docs' screenshot (docs/usage.md); rewritten by a run with TRANSCACHE_SCREENSHOT=1.
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "status-page.png"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMEDRIVER) is None, reason="needs Debian's chromium-driver (./dev test)"
-)
+pytestmark = [
+    pytest.mark.slow,  # a real browser
+    pytest.mark.skipif(
+        shutil.which(CHROMEDRIVER) is None, reason="needs Debian's chromium-driver (./dev test)"
+    ),
+]
 
 
 @pytest.fixture
