@@ -17,6 +17,7 @@ Each shape names the convention behind it. Configured rules (`--immutable`, `--m
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ NPM_PACKUMENT = Shape(Ecosystem.NPM, Kind.INDEX, "npm-packument")
 # A sparse index's config.json (where crates download from), asked for by cargo, which sends
 # `cargo-protocol` with every sparse-index request; any other config.json is someone else's.
 CRATES_CONFIG = Shape(Ecosystem.CRATES, Kind.INDEX, "crates-sparse-config")
+# Paths whose shape is remembered (a dict entry each; a warm install asks for a few hundred).
+ROUTE_SHAPES_REMEMBERED = 4096
 # The request headers (lower-case) a shape may depend on besides the path.
 HINT_HEADERS = ("accept", "pacote-req-type", "cargo-protocol")
 
@@ -128,8 +131,22 @@ def shape_of(path: str, hints: Mapping[str, str] | None = None) -> Shape:
     """What the resource at `path` (path and query) is. `hints` are the request's
     HINT_HEADERS that it has: how npm and cargo ask tells a packument or an index's
     config.json from any other path of that shape."""
-    hints = hints or {}
     route = path.partition("?")[0]
+    shape = _route_shape(route)
+    if shape is not OTHER:
+        return shape
+    hints = hints or {}
+    if _asked_as_npm(hints) and _NPM_PACKUMENT.match(route):
+        return NPM_PACKUMENT
+    if "cargo-protocol" in hints and route.endswith("/config.json"):
+        return CRATES_CONFIG
+    return OTHER
+
+
+@functools.lru_cache(maxsize=ROUTE_SHAPES_REMEMBERED)
+def _route_shape(route: str) -> Shape:
+    """The shape the path alone tells (every request asks: warm installs repeat paths, so the
+    patterns run once per path)."""
     for pattern, shape in _SHAPES:
         if pattern.search(route):
             return shape
@@ -137,10 +154,6 @@ def shape_of(path: str, hints: Mapping[str, str] | None = None) -> Shape:
         return MAVEN_ARTIFACT
     if _sparse_index_file(route):
         return CRATES_INDEX
-    if _asked_as_npm(hints) and _NPM_PACKUMENT.match(route):
-        return NPM_PACKUMENT
-    if "cargo-protocol" in hints and route.endswith("/config.json"):
-        return CRATES_CONFIG
     return OTHER
 
 

@@ -81,3 +81,24 @@ def add_cache_dir(parser: argparse.ArgumentParser) -> None:
         default=_paths.default_cache_dir(),
         help="where cached responses live (default: %(default)s)",
     )
+
+
+def add_origin_options(parser: argparse.ArgumentParser) -> None:
+    """How the proxy reaches origins: extra trusted CAs and curl-style address overrides
+    (`run` and `selftest` take them alike)."""
+    parser.add_argument(
+        "--upstream-ca",
+        type=existing_file,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra CA certificates (PEM) trusted when verifying origins; repeatable",
+    )
+    parser.add_argument(
+        "--resolve",
+        type=resolve_entry,
+        action="append",
+        default=[],
+        metavar="HOST:PORT:ADDR",
+        help="connect to ADDR for HOST:PORT instead of resolving HOST (as curl); repeatable",
+    )

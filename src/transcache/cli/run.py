@@ -37,12 +37,12 @@ from ._options import (
     EXIT_FAILURE,
     add_ca_dir,
     add_cache_dir,
+    add_origin_options,
     cli_value,
     destination,
     existing_file,
     listen_address,
     positive,
-    resolve_entry,
 )
 
 if TYPE_CHECKING:
@@ -74,22 +74,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     add_ca_dir(parser)
     add_cache_dir(parser)
-    parser.add_argument(
-        "--upstream-ca",
-        type=existing_file,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="extra CA certificates (PEM) trusted when verifying origins; repeatable",
-    )
-    parser.add_argument(
-        "--resolve",
-        type=resolve_entry,
-        action="append",
-        default=[],
-        metavar="HOST:PORT:ADDR",
-        help="connect to ADDR for HOST:PORT instead of resolving HOST (as curl); repeatable",
-    )
+    add_origin_options(parser)
     parser.add_argument(
         "--passthrough",
         action="append",

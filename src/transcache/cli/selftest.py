@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._options import EXIT_FAILURE, existing_file, resolve_entry
+from ._options import EXIT_FAILURE, add_origin_options
 
 if TYPE_CHECKING:
     from .._stats import Counters
@@ -96,22 +96,7 @@ def add_parsers(commands: Commands) -> None:
         metavar="CLIENT=SPEC",
         help="what a client installs (go: module@version, cargo: crate@version); repeatable",
     )
-    selftest.add_argument(
-        "--upstream-ca",
-        type=existing_file,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="extra CA certificates (PEM) the proxy trusts for origins; repeatable",
-    )
-    selftest.add_argument(
-        "--resolve",
-        type=resolve_entry,
-        action="append",
-        default=[],
-        metavar="HOST:PORT:ADDR",
-        help="connect to ADDR for HOST:PORT instead of resolving HOST; repeatable",
-    )
+    add_origin_options(selftest)
     selftest.set_defaults(handler=_command_selftest)
 
 
