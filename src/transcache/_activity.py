@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 from ._access import UNCOUNTED_METHOD, Exchange
 from ._registries import Ecosystem
@@ -17,6 +17,8 @@ from ._stats import HIT_OUTCOMES, MISS_OUTCOMES
 from .cache.decide import Outcome
 from .store import Store
 from .store.counters import EcosystemCounter
+
+K = TypeVar("K")
 
 # How many recent misses and errors the page lists; how many hosts it tallies at most (a
 # client sweeping many hosts must not grow memory without bound).
@@ -79,24 +81,39 @@ class Activity:
         outcome = exchange.outcome
         hit = outcome in HIT_OUTCOMES
         self.total.add(exchange, hit)
-        self.by_ecosystem.setdefault(exchange.ecosystem or Ecosystem.OTHER, Tally()).add(
-            exchange, hit
-        )
+        _tally(self.by_ecosystem, exchange.ecosystem or Ecosystem.OTHER).add(exchange, hit)
         self._host_tally(exchange.url).add(exchange, hit)
         if exchange.user is not None:  # users come from the auth file: a bounded set
-            self.by_user.setdefault(exchange.user, Tally()).add(exchange, hit)
-        now = time.time()
+            _tally(self.by_user, exchange.user).add(exchange, hit)
         if outcome in MISS_OUTCOMES:
-            self.misses.appendleft(Recent(now, exchange.url, exchange.status, outcome.value))
+            self.misses.appendleft(
+                Recent(time.time(), exchange.url, exchange.status, outcome.value)
+            )
         elif outcome is Outcome.ERROR and exchange.status >= 500:
             reason = exchange.error or ""
-            self.errors.appendleft(Recent(now, exchange.url, exchange.status, reason))
+            self.errors.appendleft(Recent(time.time(), exchange.url, exchange.status, reason))
 
     def _host_tally(self, url: str) -> Tally:
-        host = urlsplit(url).hostname or "-"
+        host = _host_of(url)
         if host not in self.by_host and len(self.by_host) >= MAX_HOSTS:
             host = OTHER_HOSTS
         return self.by_host.setdefault(host, Tally())
+
+
+def _tally(tallies: dict[K, Tally], name: K) -> Tally:
+    tally = tallies.get(name)
+    if tally is None:
+        tally = tallies[name] = Tally()
+    return tally
+
+
+def _host_of(url: str) -> str:
+    """The host of an absolute URL (what urlsplit(url).hostname gives, for the URLs the
+    proxy logs: scheme://host[:port]/path), done per request without parsing it all."""
+    authority = url.partition("://")[2].partition("/")[0]
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0] or "-"
+    return authority.partition(":")[0].lower() or "-"
 
 
 class EcosystemCounts:

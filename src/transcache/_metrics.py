@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
@@ -111,6 +112,9 @@ class Metrics:
             registry=registry,
         )
         registry.register(_StateCollector(gauges))
+        # The labelled children of each (outcome, ecosystem), looked up once: `labels()`
+        # validates and locks on every call, which every request would pay.
+        self._children: dict[tuple[Outcome, Ecosystem], tuple[Any, Any, Any]] = {}
 
     def record(self, exchange: Exchange, seconds: float) -> None:
         """Count a finished request (a `Recorder` of the access log)."""
@@ -118,12 +122,20 @@ class Metrics:
             return
         outcome = exchange.outcome or Outcome.UNCACHED
         ecosystem = exchange.ecosystem or Ecosystem.OTHER
-        self.requests.labels(outcome.value, ecosystem.value).inc()
-        self.durations.labels(outcome.value).observe(seconds)
+        children = self._children.get((outcome, ecosystem))
+        if children is None:
+            children = self._children[(outcome, ecosystem)] = (
+                self.requests.labels(outcome.value, ecosystem.value),
+                self.durations.labels(outcome.value),
+                self.bytes.labels(byte_source(outcome)),
+            )
+        requests, durations, sent = children
+        requests.inc()
+        durations.observe(seconds)
         if exchange.user is not None:
             self.users.labels(exchange.user).inc()
         if exchange.served_bytes:
-            self.bytes.labels(byte_source(outcome)).inc(exchange.served_bytes)
+            sent.inc(exchange.served_bytes)
 
     def answered(self, status: int) -> None:
         """An origin's response head arrived (the upstream pool's watcher)."""
