@@ -19,6 +19,7 @@ import datetime
 import email.utils
 import enum
 import fnmatch
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -122,9 +123,19 @@ def _seconds(value: str | None) -> float | None:
     return float(value)
 
 
+HTTP_DATES_REMEMBERED = 4096
+
+
 def parse_http_date(value: bytes | None) -> float | None:
     if value is None:
         return None
+    return _parse_http_date(value)
+
+
+# Every hit reads its entry's Date (and Expires, Last-Modified): the same few values again and
+# again, and email's parser is slow.
+@functools.lru_cache(maxsize=HTTP_DATES_REMEMBERED)
+def _parse_http_date(value: bytes) -> float | None:
     try:
         parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError):
