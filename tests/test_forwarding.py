@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import threading
 from pathlib import Path
 
 from .clients import curl
@@ -174,3 +176,45 @@ def test_run_writes_a_json_access_log_and_serves_metrics_through_a_tunnel(
     assert (logged["ecosystem"], logged["outcome"]) == ("other", "miss")
     metrics = curl(env, "https://transcache.invalid/metrics").stdout
     assert 'transcache_requests_total{ecosystem="other",outcome="miss"} 1.0' in metrics
+
+
+def test_bytes_an_origin_sends_past_its_response_never_answer_the_next_request(
+    tmp_path: Path,
+) -> None:
+    # An origin that answers its first request with a second, unasked-for response in the
+    # same write (response splitting), then answers honestly on any new connection.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    connections: list[socket.socket] = []
+
+    def serve() -> None:
+        for number in range(2):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(conn)
+            conn.recv(65536)
+            if number == 0:
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: keep-alive\r\n\r\n"
+                    b"first\n"
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled\n"
+                )
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsecond\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with ProxyProcess.start(tmp_path / "proxy", resolve=[("split.test", port)]) as proxy:
+            env = {"PATH": os.environ["PATH"], "http_proxy": proxy.url}
+            url = f"http://split.test:{port}/"
+            assert curl(env, "--header", "Cache-Control: no-store", url).stdout == "first\n"
+            again = curl(env, "--header", "Cache-Control: no-store", url + "again")
+            assert again.stdout == "second\n"
+    finally:
+        listener.close()
+        for conn in connections:
+            conn.close()
+        thread.join(5)
