@@ -102,10 +102,17 @@ async def start(nursery: trio.Nursery, tmp: Path, origin: FakeOrigin, **options:
     return cache
 
 
-async def fetch(cache: Cache, path: str = "/page.html", *lines: bytes) -> tuple[bytes, Outcome]:
+async def answer(cache: Cache, path: str, *lines: bytes) -> tuple[bytes, Outcome, bytes]:
+    """GET `path` with header `lines` (b"Name: value"): body, outcome and Cache-Status."""
     headers: Headers = [tuple(line.split(b": ", 1)) for line in lines]  # type: ignore[misc]
     source, outcome = await cache.respond(CacheRequest(b"GET", ORIGIN, path, headers))
-    return await read_all(source), outcome
+    status = header_value(source.headers, b"cache-status") or b""
+    return await read_all(source), outcome, status
+
+
+async def fetch(cache: Cache, path: str = "/page.html", *lines: bytes) -> tuple[bytes, Outcome]:
+    body, outcome, _ = await answer(cache, path, *lines)
+    return body, outcome
 
 
 async def read_all(source: ResponseSource) -> bytes:
@@ -224,10 +231,7 @@ RELOAD = b"Cache-Control: max-age=0"  # what pip and uv send for every index pag
 
 
 async def fetch_page(cache: Cache, *lines: bytes) -> tuple[bytes, Outcome, bytes]:
-    headers: Headers = [tuple(line.split(b": ", 1)) for line in lines]  # type: ignore[misc]
-    source, outcome = await cache.respond(CacheRequest(b"GET", ORIGIN, PAGE, headers))
-    status = header_value(source.headers, b"cache-status") or b""
-    return await read_all(source), outcome, status
+    return await answer(cache, PAGE, *lines)
 
 
 # These run on a virtual clock that moves only when told (`mock_clock.jump`): publishing a
