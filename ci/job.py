@@ -206,15 +206,16 @@ def summary(before: Mapping[str, Any], after: Mapping[str, Any], saved: str | No
 
 
 def _transcache(*args: str) -> subprocess.CompletedProcess[str]:
-    """A `transcache` command of this installation, its output captured."""
+    """A `transcache` command of this installation: its stdout captured, its stderr (errors,
+    progress) straight to the step's log."""
     command = [sys.executable, "-m", "transcache", *args]
-    return subprocess.run(command, capture_output=True, text=True, check=False)
+    return subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
 
 
 def _stats(settings: Settings) -> dict[str, Any]:
     result = _transcache("cache", "stats", "--json", "--cache-dir", str(settings.cache_dir))
     if result.returncode != 0:
-        raise JobError(f"transcache cache stats failed: {result.stderr.strip()}")
+        raise JobError(f"transcache cache stats exited with {result.returncode}")
     stats: dict[str, Any] = json.loads(result.stdout)
     return stats
 
@@ -233,7 +234,7 @@ def _import(settings: Settings) -> None:
     result = _transcache(
         "cache", "import", str(settings.archive), "--cache-dir", str(settings.cache_dir)
     )
-    print(result.stdout + result.stderr, end="")
+    print(result.stdout, end="")
     if result.returncode != 0:
         # An archive that is damaged in part still gave what it could: start anyway.
         print(f"transcache: the cache starts without some of {settings.archive}")
@@ -355,7 +356,7 @@ def _export(settings: Settings) -> str | None:
         str(settings.cache_dir),
     )
     if result.returncode != 0:
-        raise JobError(f"transcache cache export failed: {result.stderr.strip()}")
+        raise JobError(f"transcache cache export exited with {result.returncode}")
     return result.stdout.strip().splitlines()[-1]
 
 

@@ -30,4 +30,4 @@ stop)
     exit 2
     ;;
 esac
-exec "$venv/bin/python" "$here/job.py" "$1"
+exec "$venv/bin/python" -u "$here/job.py" "$1"  # unbuffered: in order with its children
