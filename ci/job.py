@@ -97,6 +97,10 @@ class Settings:
         state_dir = path("STATE_DIR")
         if state_dir is None:
             raise JobError("TRANSCACHE_STATE_DIR must name a directory for the proxy's state")
+        try:
+            args = shlex.split(value("ARGS") or "")
+        except ValueError as exc:
+            raise JobError(f"TRANSCACHE_ARGS is not shell-quoted words: {exc}") from exc
         readonly = environ.get("TRANSCACHE_SHARED_CACHE_READONLY", "").lower()
         if readonly not in BOOLEANS:
             raise JobError(f"TRANSCACHE_SHARED_CACHE_READONLY is true or false, not {readonly!r}")
@@ -108,7 +112,7 @@ class Settings:
             shared_cache_readonly=BOOLEANS[readonly],
             shared_cache_verify_key=path("SHARED_CACHE_VERIFY_KEY"),
             shared_cache_signing_key=path("SHARED_CACHE_SIGNING_KEY"),
-            args=shlex.split(value("ARGS") or ""),
+            args=args,
         )
 
     def file(self, name: str) -> Path:

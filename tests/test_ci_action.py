@@ -163,6 +163,7 @@ def test_github_job_goes_through_the_proxy_and_saves_what_it_fetched(
     summary = first.file("summary").read_text()
     assert summary.startswith("### transcache: 1 hit, 1 miss (50% from cache)\n")
     assert "| **all** | 1 | 1 |" in summary
+    assert f"Saved: exported 1 entry (1 body, {len(BODY)} bytes) to {archive}" in summary
     assert summary in out  # and the same in the log
     after_post = env_lines(first.file("env"))
     assert all(after_post[name] == "" for name in [*proxy_variable_names(), OWN_URL_VARIABLE])
@@ -173,7 +174,9 @@ def test_github_job_goes_through_the_proxy_and_saves_what_it_fetched(
     step_ok(second.run("main"))
     assert curl(second.later_step_env(), url) == (BODY, "transcache; hit")
     step_ok(second.run("post"))
-    assert second.file("summary").read_text().startswith("### transcache: 1 hit, 0 misses (")
+    summary = second.file("summary").read_text()
+    assert summary.startswith("### transcache: 1 hit, 0 misses (100% from cache)\n")
+    assert "Saved: exported 1 entry" in summary  # what it imported and used
     assert len(origin.requests_to(PACKAGE)) == 1
 
 
@@ -325,10 +328,16 @@ def test_stop_signals_no_process_that_took_the_proxys_pid(tmp_path: Path) -> Non
         other.kill()
 
 
-def test_readonly_takes_true_or_false_only() -> None:
-    environ = {"TRANSCACHE_STATE_DIR": "/state", "TRANSCACHE_SHARED_CACHE_READONLY": "yes"}
-    with pytest.raises(job.JobError, match="true or false"):
-        job.Settings.from_environ(environ)
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TRANSCACHE_SHARED_CACHE_READONLY", "yes", "true or false"),
+        ("TRANSCACHE_ARGS", "--passthrough '*.example", "not shell-quoted words"),
+    ],
+)
+def test_a_setting_that_cannot_be_read_is_named(name: str, value: str, message: str) -> None:
+    with pytest.raises(job.JobError, match=f"{name} .*{message}"):
+        job.Settings.from_environ({"TRANSCACHE_STATE_DIR": "/state", name: value})
 
 
 def test_summary_shows_what_this_job_added_to_the_counters() -> None:
