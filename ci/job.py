@@ -16,7 +16,8 @@ entries this job used, and on GitHub unsets the proxy variables for the post ste
 follow (another action's cache upload must not go through a proxy that is gone).
 
 Settings are the TRANSCACHE_* variables (docs/ci.md); GitHub's action maps its inputs onto
-them. A failure to start fails the step; at the end, only a failed export does."""
+them. A failure to start fails the step; at the end, only unreadable counters or a failed
+export do."""
 
 from __future__ import annotations
 
