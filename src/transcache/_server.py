@@ -70,6 +70,13 @@ RESTART_SETTINGS = (
     "auth_file",  # its users are re-read; which file (or none) only at a restart
     "tls_cert",
     "tls_key",
+    "shared_cache",  # the tier, its keys and limits are set up once
+    "shared_cache_timeout",
+    "shared_cache_failures",
+    "shared_cache_skip",
+    "shared_cache_signing_key",
+    "shared_cache_verify_key",
+    "shared_cache_readonly",
 )
 
 
