@@ -39,6 +39,9 @@ DEFAULT_REGION = "us-east-1"
 MULTIPART_BYTES = 32 * 1024 * 1024
 PART_BYTES = 16 * 1024 * 1024
 FILE_CHUNK = 1024 * 1024
+# An upload may take its timeout plus this long per byte (1 MiB/s at the slowest) before it
+# is given up: a stalled bucket must not hold an uploader forever.
+SECONDS_PER_UPLOADED_BYTE = 1 / (1024 * 1024)
 UNSIGNED = "UNSIGNED-PAYLOAD"
 XML_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 LIST_PAGE = 1000
@@ -260,7 +263,7 @@ class S3Bucket:
             headers.append((b"Content-Length", str(length).encode()))
         reader = stream[0] if stream is not None else (_bytes_reader(body) if body else None)
         try:
-            with trio.fail_after(self._timeout if stream is None else self._timeout + length):
+            with trio.fail_after(self._timeout + length * SECONDS_PER_UPLOADED_BYTE):
                 return await self._pool.request(
                     self._origin, method, target.encode(), headers, reader
                 )
