@@ -257,6 +257,8 @@ def _print_status(status: Status) -> None:
             f"{'cache':<14} {cache.get('entries')} entries, {cache.get('bytes')} bytes; "
             f"{cache.get('hits')} hits, {cache.get('misses')} misses"
         )
+        if cache.get("shared_cache"):
+            print(f"{'shared cache':<14} {cache['shared_cache']}")
     for host, seen in status.tls_rejections.items():
         clients = ", ".join(seen["clients"])
         handshakes = plural(seen["count"], "handshake")

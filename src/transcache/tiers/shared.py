@@ -52,6 +52,15 @@ FROM_TIER_KEYS = 10_000
 CHECKED_FIRST_BYTES = 1024 * 1024
 
 
+SHARED_COUNTERS = (
+    Counter.SHARED_HITS,
+    Counter.SHARED_BYTES,
+    Counter.SHARED_UPLOADS,
+    Counter.SHARED_UPLOAD_BYTES,
+    Counter.SHARED_ERRORS,
+)
+
+
 def meta_name(key: str) -> str:
     return META + key_digest(key)
 
@@ -142,6 +151,9 @@ class SharedTier:
         self._idle = trio.Event()
         self._idle.set()
         self.last_error: str | None = None
+        # This process's counts, for its metrics and status page (the store's counters add
+        # up every process's, for `cache stats`).
+        self.tally: dict[str, int] = dict.fromkeys(SHARED_COUNTERS, 0)
 
     @property
     def description(self) -> str:
@@ -288,6 +300,13 @@ class SharedTier:
 
     def count(self, name: Counter, amount: int = 1) -> None:
         self.store.count(name, amount)
+        self.tally[name] += amount
+
+    @property
+    def status(self) -> str:
+        """The tier, its trust, and whether it is being skipped now (status page, `status`)."""
+        skipping = "" if self.breaker.state is BreakerState.CLOSED else "; skipped after errors"
+        return self.description + skipping
 
     def _remember(self, key: str) -> None:
         self._from_tier[key] = None
