@@ -5,6 +5,7 @@ without asking its origin, byte for byte; and faults, trust and privacy of what 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,10 @@ from tests.s3server import DIRECT, S3Server, running_s3
 from tests.test_cache_inprocess import ORIGIN, FakeOrigin, Scripted, fetch, read_all
 from transcache._config import Config
 from transcache._errors import OfflineMissError
+from transcache._limits import ConnectionSlots
+from transcache._observe import Observer
 from transcache.cache import Cache, CacheRequest
+from transcache.cli import main
 from transcache.store import Counter, Store
 from transcache.tiers.trust import generate_pair
 
@@ -334,3 +338,59 @@ async def test_offline_reads_the_tier_and_no_shared_cache_is_the_strict_form(
     with pytest.raises(OfflineMissError):
         source, _ = await strict.respond(CacheRequest(b"GET", ORIGIN, "/page.html", []))
         await read_all(source)
+
+
+async def test_stats_metrics_and_the_status_page_count_tier_traffic(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    a = await proxy(
+        nursery,
+        tmp_path / "a",
+        FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
+        shared_cache=location,
+    )
+    await fetch(a, "/page.html")
+    await settle(a)
+    b = await proxy(nursery, tmp_path / "b", FakeOrigin(), shared_cache=location)
+    await fetch(b, "/page.html")
+    for cache, counted in (
+        (a, b"transcache_shared_uploads_total 1.0"),
+        (b, b"transcache_shared_hits_total 1.0"),
+    ):
+        observer = Observer(cache.config, cache, ConnectionSlots(10))
+        assert counted in observer.metrics.render()[2]
+        page = observer.status_page()[2].decode()
+        assert "Shared cache" in page and "trusted as it is" in page
+        stats = json.loads(observer.stats_page()[2])
+        assert "trusted as it is" in stats["shared_cache"]
+    stats = json.loads(Observer(b.config, b, ConnectionSlots(10)).stats_page()[2])
+    assert stats["shared_hits"] == 1 and stats["shared_bytes"] == len(PAGE)
+
+
+async def test_prune_deletes_what_was_written_before_the_cutoff(
+    nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server
+) -> None:
+    a = await proxy(
+        nursery,
+        tmp_path / "a",
+        FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
+        shared_cache=location,
+    )
+    await fetch(a, "/page.html")
+    await settle(a)
+    assert a.shared is not None
+    assert await a.shared.tier.prune(time.time() - 3600) == 0  # nothing that old
+    assert len(objects(s3, location)) == 2
+    assert await a.shared.tier.prune(time.time() + 3600) == 2
+    assert objects(s3, location) == []
+
+
+def test_cache_keygen_and_prune_shared_from_the_command_line(
+    tmp_path: Path, location: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = ["cache", "keygen", str(tmp_path / "sign.pem"), str(tmp_path / "verify.pem")]
+    assert main(keys) == 0
+    assert (tmp_path / "sign.pem").stat().st_mode & 0o077 == 0
+    prune = ["cache", "prune", "--shared", "--older-than", "30", "--shared-cache", location]
+    assert main([*prune, "--cache-dir", str(tmp_path / "c")]) == 0
+    assert "deleted 0 objects older than 30 days" in capsys.readouterr().out

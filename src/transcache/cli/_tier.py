@@ -1,12 +1,22 @@
-"""The shared tier's options (docs/team.md), shared by `run`, `exec` and `install`.
-Credentials are never options: they come from the AWS variables and files."""
+"""The shared tier's options (docs/team.md) for `run` and `exec`, and its maintenance:
+`cache prune --shared --older-than DAYS` and `cache keygen`. Credentials are never options:
+they come from the AWS variables and files."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ._options import existing_file, positive
+from .. import _paths
+from ._options import EXIT_FAILURE, existing_file, positive
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+DAY = 86400.0
 
 SHARED_OPTIONS = (
     "shared_cache",
@@ -76,3 +86,60 @@ def add_shared_cache_options(parser: argparse.ArgumentParser) -> None:
 def shared_cache_options(args: argparse.Namespace) -> dict[str, Any]:
     """The shared tier's options as `build_config` takes them (None: not given)."""
     return {name: getattr(args, name, None) for name in SHARED_OPTIONS}
+
+
+def add_shared_prune_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="prune the shared cache instead: delete what was written before --older-than",
+    )
+    parser.add_argument("--older-than", type=positive(float), metavar="DAYS")
+    parser.add_argument(
+        "--shared-cache",
+        metavar="s3://BUCKET/PREFIX",
+        help="the shared cache to prune (default: the config file's shared_cache)",
+    )
+    parser.add_argument("--config", type=Path, default=_paths.default_config_file())
+
+
+def prune_shared(store: Store, args: argparse.Namespace) -> int:
+    """`cache prune --shared --older-than DAYS`: delete the bucket's old metadata and bodies."""
+    import trio
+
+    from .._config import build_config
+    from ..tiers.shared import open_shared_tier
+
+    if args.older_than is None:
+        print("transcache: --shared needs --older-than DAYS", file=sys.stderr)
+        return EXIT_FAILURE
+    config = build_config({"shared_cache": args.shared_cache}, args.config)
+    tier = open_shared_tier(config, store)
+    if tier is None:
+        print("transcache: no shared cache: give --shared-cache s3://...", file=sys.stderr)
+        return EXIT_FAILURE
+
+    async def prune() -> int:
+        try:
+            return await tier.prune(time.time() - args.older_than * DAY)
+        finally:
+            await tier.aclose()
+
+    removed = trio.run(prune)
+    print(f"deleted {removed} objects older than {args.older_than:g} days from {tier.bucket}")
+    return 0
+
+
+def add_keygen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("private", type=Path, help="the signing key to write (kept 0600)")
+    parser.add_argument("public", type=Path, help="the verify key to write (give to readers)")
+    parser.set_defaults(handler=_keygen)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from ..tiers.trust import generate_pair
+
+    generate_pair(args.private, args.public)
+    print(f"wrote {args.private} (--shared-cache-signing-key, writers only)")
+    print(f"wrote {args.public} (--shared-cache-verify-key, every reader)")
+    return 0
