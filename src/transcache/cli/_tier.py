@@ -1,4 +1,5 @@
-"""The shared tier's options (docs/team.md) for `run` and `exec`, and its maintenance:
+"""The shared tier's options (docs/team.md) for `run`, `exec` and `install`, and its
+maintenance:
 `cache prune --shared --older-than DAYS` and `cache keygen`. Credentials are never options:
 they come from the AWS variables and files."""
 
@@ -86,6 +87,23 @@ def add_shared_cache_options(parser: argparse.ArgumentParser) -> None:
 def shared_cache_options(args: argparse.Namespace) -> dict[str, Any]:
     """The shared tier's options as `build_config` takes them (None: not given)."""
     return {name: getattr(args, name, None) for name in SHARED_OPTIONS}
+
+
+def shared_cache_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The `transcache run` flags that pass the shared tier's options on (`install` writes
+    them into the service's command line; key files as absolute paths)."""
+    flags: list[str] = []
+    for name, value in shared_cache_options(args).items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            flags.append(flag)
+        elif name == "shared_cache" and value == "none":
+            flags.append("--no-shared-cache")
+        else:
+            flags += [flag, str(value.absolute() if isinstance(value, Path) else value)]
+    return tuple(flags)
 
 
 def add_shared_prune_options(parser: argparse.ArgumentParser) -> None:
