@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.clients import curl
+from tests.conftest import StartProxy
+from tests.origin import Origin, client_env, pattern
 from tests.s3server import DIRECT, S3Server, running_s3
 from tests.test_cache_inprocess import ORIGIN, FakeOrigin, Scripted, fetch, read_all
 from transcache._config import Config
@@ -394,3 +397,29 @@ def test_cache_keygen_and_prune_shared_from_the_command_line(
     prune = ["cache", "prune", "--shared", "--older-than", "30", "--shared-cache", location]
     assert main([*prune, "--cache-dir", str(tmp_path / "c")]) == 0
     assert "deleted 0 objects older than 30 days" in capsys.readouterr().out
+
+
+BIG = 100 * 1024 * 1024
+RSS_LIMIT = 150 * 1024 * 1024  # as tests/test_streaming.py: a buffered 100 MiB body breaks it
+
+
+def test_two_proxy_processes_share_a_100_mib_body_through_the_bucket_in_flat_memory(
+    origin: Origin, start_proxy: StartProxy, tmp_path: Path, location: str, s3: S3Server
+) -> None:
+    flags = ["--shared-cache", location, "--immutable", "*/bytes/*"]
+    url = origin.url("files.test", f"/bytes/{BIG}")
+    a = start_proxy(origin, args=flags, name="a")
+    written = curl(
+        client_env(tmp_path / "home", a.env()), "-o", "/dev/null", "-w", "%{size_download}", url
+    )
+    assert written.stdout == str(BIG)
+    deadline = time.monotonic() + 60
+    while not any("/v1/meta/" in name for name in objects(s3, location)):  # uploaded
+        assert time.monotonic() < deadline, a.log
+        time.sleep(0.1)
+    b = start_proxy(origin, args=flags, name="b")
+    out = tmp_path / "from-b"
+    curl(client_env(tmp_path / "home", b.env()), "--output", str(out), url)
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(pattern(BIG)).digest()
+    assert len(origin.requests_to(f"/bytes/{BIG}")) == 1  # B asked the bucket, not the origin
+    assert b.peak_rss_bytes() < RSS_LIMIT and a.peak_rss_bytes() < RSS_LIMIT
