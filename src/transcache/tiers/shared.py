@@ -336,5 +336,6 @@ def open_shared_tier(config: Config, store: Store) -> SharedTier | None:
     trust = load_trust(config.shared_cache_signing_key, config.shared_cache_verify_key)
     bucket = S3Bucket(parse_location(config.shared_cache), config, find_endpoint())
     tier = SharedTier(bucket, store, trust, config)
-    log.info("shared cache %s", tier.description)
+    # Trusting a bucket as it is lets anyone who can write to it serve every reader: say so.
+    (log.warning if trust.trusts_bucket_as_is else log.info)("shared cache %s", tier.description)
     return tier
