@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from tests.s3server import S3Server, running_s3
+from tests.s3server import S3Server, aws_environment, running_s3
 from transcache._config import Config
 from transcache.tiers.bucket import Location
 from transcache.tiers.s3 import S3Bucket, find_endpoint
@@ -141,12 +141,7 @@ def _ms(samples: list[float]) -> str:
 
 async def main(large_mib: int, small: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, running_s3(Path(tmp) / "s3") as server:
-        os.environ.update(
-            AWS_ENDPOINT_URL=server.endpoint,
-            AWS_EC2_METADATA_DISABLED="true",
-            AWS_CONFIG_FILE=str(Path(tmp) / "none"),
-            AWS_SHARED_CREDENTIALS_FILE=str(Path(tmp) / "none"),
-        )
+        os.environ.update(aws_environment(server.endpoint, Path(tmp)))
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
             os.environ.pop(name, None)
         large = Path(tmp) / "large"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from tests.s3server import running_s3
+from tests.s3server import aws_environment, running_s3
 from transcache._config import Config
 from transcache._protocol import Headers, Origin
 from transcache._upstream import BodyReader
@@ -146,12 +146,7 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=50.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, running_s3(Path(tmp) / "s3") as server:
-        os.environ.update(
-            AWS_ENDPOINT_URL=server.endpoint,
-            AWS_EC2_METADATA_DISABLED="true",
-            AWS_CONFIG_FILE=str(Path(tmp) / "none"),
-            AWS_SHARED_CREDENTIALS_FILE=str(Path(tmp) / "none"),
-        )
+        os.environ.update(aws_environment(server.endpoint, Path(tmp)))
         trio.run(fleet, args, Path(tmp), server.bucket)
 
 

@@ -131,3 +131,15 @@ def _wait_ready(server: S3Server, log: Path) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"weed mini did not start: {log.read_text()[-2000:]}")
+
+
+def aws_environment(endpoint: str, nowhere: Path) -> dict[str, str]:
+    """AWS variables for a test or a benchmark: the endpoint, and no credentials, config files
+    or instance metadata from this machine (`nowhere` names files that do not exist)."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(nowhere / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(nowhere / "no-aws-credentials"),
+    }

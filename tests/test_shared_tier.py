@@ -17,12 +17,13 @@ import trio
 from tests.clients import curl
 from tests.conftest import StartProxy
 from tests.origin import Origin, client_env, pattern
-from tests.s3server import DIRECT, S3Server, running_s3
+from tests.s3server import DIRECT, S3Server, aws_environment, running_s3
 from tests.test_cache_inprocess import ORIGIN, FakeOrigin, Scripted, fetch, read_all
 from transcache._config import Config
 from transcache._errors import OfflineMissError
 from transcache._limits import ConnectionSlots
 from transcache._observe import Observer
+from transcache._protocol import Headers
 from transcache.cache import Cache, CacheRequest
 from transcache.cli import main
 from transcache.store import Counter, Store
@@ -42,16 +43,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(autouse=True)
-def aws_environment(monkeypatch: pytest.MonkeyPatch, s3: S3Server, tmp_path: Path) -> None:
+def aws_variables(monkeypatch: pytest.MonkeyPatch, s3: S3Server, tmp_path: Path) -> None:
     """The endpoint by AWS_ENDPOINT_URL, no credentials from this machine, no instance
     metadata probe, and proxy variables that point nowhere: the tier must not use them."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for name, value in aws_environment(s3.endpoint, tmp_path).items():
+        monkeypatch.setenv(name, value)
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
 
@@ -76,6 +74,7 @@ async def proxy(
     nursery: trio.Nursery,
     cache_dir: Path,
     origin: FakeOrigin,
+    *,
     shift: float = 0.0,
     **options: object,
 ) -> Cache:
@@ -90,6 +89,23 @@ async def settle(cache: Cache) -> None:
     await cache.downloads.wait_idle()
     assert cache.shared is not None
     await cache.shared.tier.wait_idle()
+
+
+async def stored_by(
+    nursery: trio.Nursery,
+    cache_dir: Path,
+    path: str = "/page.html",
+    headers: Headers = IMMUTABLE,
+    *lines: bytes,
+    **options: object,
+) -> Cache:
+    """A proxy that fetched PAGE at `path` (its origin answering with `headers`), stored it
+    and uploaded what it uploads."""
+    origin = FakeOrigin(Scripted(headers=headers, chunks=[PAGE]))
+    cache = await proxy(nursery, cache_dir, origin, **options)  # type: ignore[arg-type]
+    assert (await fetch(cache, path, *lines))[0] == PAGE
+    await settle(cache)
+    return cache
 
 
 def counters(cache: Cache) -> dict[str, int]:
@@ -157,14 +173,7 @@ async def test_a_large_body_goes_up_in_parts_and_comes_back_whole(
 async def test_a_damaged_body_in_the_bucket_is_never_served_or_stored(
     nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server, damage: str
 ) -> None:
-    a = await proxy(
-        nursery,
-        tmp_path / "a",
-        FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
-        shared_cache=location,
-    )
-    await fetch(a, "/page.html")
-    await settle(a)
+    await stored_by(nursery, tmp_path / "a", "/page.html", IMMUTABLE, shared_cache=location)
     blob = next(name for name in objects(s3, location) if "/v1/blobs/" in name)
     overwrite(s3, blob, PAGE[:-3] if damage == "truncated" else PAGE.upper())
     origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"from the origin"]))
@@ -213,14 +222,14 @@ async def test_credentialed_entries_and_read_only_proxies_upload_nothing(
     nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server
 ) -> None:
     public = [*IMMUTABLE, (b"Cache-Control", b"public")]
-    a = await proxy(
+    await stored_by(
         nursery,
         tmp_path / "a",
-        FakeOrigin(Scripted(headers=public, chunks=[PAGE])),
+        "/private.html",
+        public,
+        b"Authorization: Bearer t0ken",
         shared_cache=location,
     )
-    await fetch(a, "/private.html", b"Authorization: Bearer t0ken")
-    await settle(a)
     ro = await proxy(
         nursery,
         tmp_path / "ro",
@@ -239,14 +248,7 @@ async def test_tier_entries_follow_the_freshness_rules(
     nursery: trio.Nursery, tmp_path: Path, location: str
 ) -> None:
     short = [(b"Cache-Control", b"max-age=60")]
-    a = await proxy(
-        nursery,
-        tmp_path / "a",
-        FakeOrigin(Scripted(headers=short, chunks=[PAGE])),
-        shared_cache=location,
-    )
-    await fetch(a, "/page.html")
-    await settle(a)
+    await stored_by(nursery, tmp_path / "a", "/page.html", short, shared_cache=location)
     fresh = FakeOrigin(Scripted(headers=short, chunks=[b"origin"]))
     b = await proxy(nursery, tmp_path / "b", fresh, shared_cache=location, shift=30)
     assert (await fetch(b, "/page.html"))[0] == PAGE
@@ -296,25 +298,11 @@ async def test_with_identities_on_the_server_requests_are_signed_by_the_credenti
     with running_s3(tmp_path / "s3", identities) as signed:
         monkeypatch.setenv("AWS_ENDPOINT_URL", signed.endpoint)
         where = f"s3://{signed.bucket}/creds"
-        anonymous = await proxy(
-            nursery,
-            tmp_path / "anon",
-            FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
-            shared_cache=where,
-        )
-        await fetch(anonymous, "/page.html")
-        await settle(anonymous)
+        anonymous = await stored_by(nursery, tmp_path / "anon", shared_cache=where)
         assert counters(anonymous).get(Counter.SHARED_UPLOADS, 0) == 0
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tier-test-key")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        a = await proxy(
-            nursery,
-            tmp_path / "a",
-            FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
-            shared_cache=where,
-        )
-        await fetch(a, "/page.html")
-        await settle(a)
+        a = await stored_by(nursery, tmp_path / "a", shared_cache=where)
         assert a.shared is not None
         assert counters(a).get(Counter.SHARED_UPLOADS) == 1, a.shared.tier.last_error
         origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
@@ -325,14 +313,7 @@ async def test_with_identities_on_the_server_requests_are_signed_by_the_credenti
 async def test_offline_reads_the_tier_and_no_shared_cache_is_the_strict_form(
     nursery: trio.Nursery, tmp_path: Path, location: str
 ) -> None:
-    a = await proxy(
-        nursery,
-        tmp_path / "a",
-        FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
-        shared_cache=location,
-    )
-    await fetch(a, "/page.html")
-    await settle(a)
+    await stored_by(nursery, tmp_path / "a", "/page.html", IMMUTABLE, shared_cache=location)
     offline = await proxy(
         nursery, tmp_path / "o", FakeOrigin(), shared_cache=location, offline=True
     )
@@ -346,14 +327,7 @@ async def test_offline_reads_the_tier_and_no_shared_cache_is_the_strict_form(
 async def test_stats_metrics_and_the_status_page_count_tier_traffic(
     nursery: trio.Nursery, tmp_path: Path, location: str
 ) -> None:
-    a = await proxy(
-        nursery,
-        tmp_path / "a",
-        FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
-        shared_cache=location,
-    )
-    await fetch(a, "/page.html")
-    await settle(a)
+    a = await stored_by(nursery, tmp_path / "a", "/page.html", IMMUTABLE, shared_cache=location)
     b = await proxy(nursery, tmp_path / "b", FakeOrigin(), shared_cache=location)
     await fetch(b, "/page.html")
     for cache, counted in (
@@ -373,14 +347,7 @@ async def test_stats_metrics_and_the_status_page_count_tier_traffic(
 async def test_prune_deletes_what_was_written_before_the_cutoff(
     nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server
 ) -> None:
-    a = await proxy(
-        nursery,
-        tmp_path / "a",
-        FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
-        shared_cache=location,
-    )
-    await fetch(a, "/page.html")
-    await settle(a)
+    a = await stored_by(nursery, tmp_path / "a", "/page.html", IMMUTABLE, shared_cache=location)
     assert a.shared is not None
     assert await a.shared.tier.prune(time.time() - 3600) == 0  # nothing that old
     assert len(objects(s3, location)) == 2

@@ -33,6 +33,18 @@ from .tiers.bucket import parse_location
 # Options whose values add up: the options' items first, then the config file's.
 LIST_OPTIONS = ("rules", "upstream_ca", "passthrough", "allow_destinations")
 
+# The shared tier's settings: set up once at start (a reload keeps them), and what the CLI
+# passes on to the service.
+SHARED_CACHE_SETTINGS = (
+    "shared_cache",
+    "shared_cache_timeout",
+    "shared_cache_failures",
+    "shared_cache_skip",
+    "shared_cache_signing_key",
+    "shared_cache_verify_key",
+    "shared_cache_readonly",
+)
+
 DEFAULT_PORT = 8797
 # What PyPI's own CDN uses for project pages.
 DEFAULT_INDEX_TTL = 600.0

@@ -34,7 +34,7 @@ from ._admin import ADMIN_HOST, AdminPages, core_pages
 from ._auth import Credentials, Gate
 from ._ca import CertificateAuthority
 from ._channel import READ_SIZE
-from ._config import Config, ConfigError
+from ._config import SHARED_CACHE_SETTINGS, Config, ConfigError
 from ._connection import Client, ConnectionLoop, Forwarder
 from ._limits import ConnectionSlots, default_max_connections
 from ._observe import Observer
@@ -70,13 +70,7 @@ RESTART_SETTINGS = (
     "auth_file",  # its users are re-read; which file (or none) only at a restart
     "tls_cert",
     "tls_key",
-    "shared_cache",  # the tier, its keys and limits are set up once
-    "shared_cache_timeout",
-    "shared_cache_failures",
-    "shared_cache_skip",
-    "shared_cache_signing_key",
-    "shared_cache_verify_key",
-    "shared_cache_readonly",
+    *SHARED_CACHE_SETTINGS,
 )
 
 

@@ -12,22 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _paths
+from .._config import SHARED_CACHE_SETTINGS
 from ._options import EXIT_FAILURE, existing_file, positive
 
 if TYPE_CHECKING:
     from ..store import Store
 
 DAY = 86400.0
-
-SHARED_OPTIONS = (
-    "shared_cache",
-    "shared_cache_timeout",
-    "shared_cache_failures",
-    "shared_cache_skip",
-    "shared_cache_signing_key",
-    "shared_cache_verify_key",
-    "shared_cache_readonly",
-)
 
 
 def add_shared_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +77,7 @@ def add_shared_cache_options(parser: argparse.ArgumentParser) -> None:
 
 def shared_cache_options(args: argparse.Namespace) -> dict[str, Any]:
     """The shared tier's options as `build_config` takes them (None: not given)."""
-    return {name: getattr(args, name, None) for name in SHARED_OPTIONS}
+    return {name: getattr(args, name, None) for name in SHARED_CACHE_SETTINGS}
 
 
 def shared_cache_flags(args: argparse.Namespace) -> tuple[str, ...]:
