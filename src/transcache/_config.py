@@ -28,9 +28,22 @@ from ._parent import (
 from ._policy import Rule, RuleAction
 from ._protocol import DEFAULT_PORTS, Origin
 from ._reach import Destination, parse_destination
+from .tiers.bucket import parse_location
 
 # Options whose values add up: the options' items first, then the config file's.
 LIST_OPTIONS = ("rules", "upstream_ca", "passthrough", "allow_destinations")
+
+# The shared tier's settings: set up once at start (a reload keeps them), and what the CLI
+# passes on to the service.
+SHARED_CACHE_SETTINGS = (
+    "shared_cache",
+    "shared_cache_timeout",
+    "shared_cache_failures",
+    "shared_cache_skip",
+    "shared_cache_signing_key",
+    "shared_cache_verify_key",
+    "shared_cache_readonly",
+)
 
 DEFAULT_PORT = 8797
 # What PyPI's own CDN uses for project pages.
@@ -99,6 +112,17 @@ class Config:
     upstream_proxies: Mapping[str, ParentProxy] = field(default_factory=dict)
     # NO_PROXY-style entries: hosts reached directly even when a parent is configured.
     upstream_proxy_bypass: tuple[str, ...] = ()
+    # The shared tier (docs/team.md): s3://BUCKET/PREFIX read after a local miss and written
+    # after a store; "" or None: none. Seconds to its first byte before the origin is asked;
+    # consecutive failures that make it skipped, and for how many seconds.
+    shared_cache: str | None = None
+    shared_cache_timeout: float = 2.0
+    shared_cache_failures: int = 5
+    shared_cache_skip: float = 30.0
+    # Ed25519 PEM keys: sign what this proxy uploads; ignore entries not signed by this key.
+    shared_cache_signing_key: Path | None = None
+    shared_cache_verify_key: Path | None = None
+    shared_cache_readonly: bool = False
 
     def parent_for(self, origin: Origin) -> ParentProxy | None:
         """The parent proxy `origin` is reached through, or None for a direct connection."""
@@ -122,6 +146,13 @@ class Config:
             raise ConfigError("min_body_rate must not be negative")
         if self.max_connections is not None and self.max_connections < 1:
             raise ConfigError("max_connections must be at least 1")
+        if self.shared_cache:
+            try:
+                parse_location(self.shared_cache)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        if not self.shared_cache_timeout > 0 or self.shared_cache_failures < 1:
+            raise ConfigError("the shared cache needs a timeout over 0 s and 1 failure or more")
         if not all(0 < port < 65536 for port in self.connect_ports):
             raise ConfigError(f"connect ports must be 1 to 65535: {sorted(self.connect_ports)}")
 
@@ -221,6 +252,11 @@ def _normalised(options: dict[str, Any]) -> dict[str, Any]:
             options["upstream_proxies"] = _parents(options.pop("upstream_proxy"))
         if "upstream_proxy_bypass" in options:
             options["upstream_proxy_bypass"] = parse_bypass(options["upstream_proxy_bypass"])
+        if str(options.get("shared_cache", "")).strip().lower() == NO_PARENT:
+            options["shared_cache"] = ""  # --no-shared-cache: none, whatever the file says
+        for name in ("shared_cache_signing_key", "shared_cache_verify_key"):
+            if name in options:
+                options[name] = Path(options[name]).expanduser()
         if "allow_destinations" in options:
             options["allow_destinations"] = tuple(
                 parse_destination(str(spec)) for spec in _as_tuple(options["allow_destinations"])
@@ -310,7 +346,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
     Keys: max_size ("10G"), offline (bool), passthrough, upstream_ca, connect_ports,
     allow_destinations (lists), max_connections, idle_timeout, body_timeout (numbers),
     min_body_rate ("1K"), index_ttl (seconds), strict_client_reload (bool), upstream_proxy
-    (a URL or "none"), upstream_proxy_bypass (NO_PROXY syntax), and [[rule]]
+    (a URL or "none"), upstream_proxy_bypass (NO_PROXY syntax), shared_cache
+    ("s3://BUCKET/PREFIX" or "none"), shared_cache_timeout, shared_cache_skip (seconds),
+    shared_cache_failures, shared_cache_signing_key, shared_cache_verify_key (paths),
+    shared_cache_readonly (bool), and [[rule]]
     tables with `url` plus one of `min_ttl = SECONDS`, `index_ttl = SECONDS`,
     `immutable = true`, `never = true`, `strict_client_reload = true`."""
     try:
@@ -352,6 +391,16 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 options["upstream_proxy_bypass"] = parse_bypass(
                     value if isinstance(value, str) else [str(v) for v in value]
                 )
+            elif key == "shared_cache":
+                options["shared_cache"] = str(value)
+            elif key in ("shared_cache_timeout", "shared_cache_skip"):
+                options[key] = float(value)
+            elif key == "shared_cache_failures":
+                options[key] = int(value)
+            elif key in ("shared_cache_signing_key", "shared_cache_verify_key"):
+                options[key] = Path(str(value)).expanduser()
+            elif key == "shared_cache_readonly":
+                options[key] = bool(value)
             elif key == "rule":
                 options["rules"] = tuple(_rule_from_table(table) for table in value)
             else:

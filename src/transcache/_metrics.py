@@ -16,13 +16,13 @@ series stay a collector read once, by the process answering the scrape (docs/usa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ._access import Exchange
@@ -45,6 +45,8 @@ class Gauges:
     cache_bytes: int | None = None
     cache_max_bytes: int | None = None
     cache_entries: int | None = None
+    # The shared tier's counts in this process (hits, bytes, uploads, ...); None without one.
+    shared: Mapping[str, int] | None = None
 
 
 class _StateCollector(Collector):
@@ -63,6 +65,9 @@ class _StateCollector(Collector):
         for name, documentation, value in series:
             if value is not None:
                 yield GaugeMetricFamily(f"transcache_{name}", documentation, value=value)
+        for name, value in (gauges.shared or {}).items():
+            what = f"shared cache {name.removeprefix('shared_').replace('_', ' ')}"
+            yield CounterMetricFamily(f"transcache_{name}", what, value=value)
 
 
 class Metrics:

@@ -51,7 +51,11 @@ class Observer:
         flying = 0 if store is None else len(self.cache.downloads.in_flight())
         if store is None:
             return Gauges(self.slots.count, flying)
-        return Gauges(self.slots.count, flying, store.size, store.max_size, store.entry_count)
+        shared = self.cache.shared
+        tally = None if shared is None else dict(shared.tier.tally)
+        return Gauges(
+            self.slots.count, flying, store.size, store.max_size, store.entry_count, tally
+        )
 
     def pages(self) -> dict[str, AdminPage]:
         return {
@@ -67,8 +71,9 @@ class Observer:
                 Download(flight.url, flight.written, _length(flight.content_length))
                 for flight in self.cache.downloads.in_flight()
             ]
+        shared = None if self.cache.shared is None else self.cache.shared.tier.status
         view = StatusView(
-            version(), self.activity, self.gauges(), downloads, self.config.passthrough
+            version(), self.activity, self.gauges(), downloads, self.config.passthrough, shared
         )
         return 200, TEXT_HTML, render(view)
 
@@ -78,13 +83,15 @@ class Observer:
         if store is None:
             return 404, APPLICATION_JSON, json.dumps({"error": "no cache"}).encode()
         counters = store.counters.read()
-        data = {
+        data: dict[str, object] = {
             "entries": store.entry_count,
             "bytes": store.size,
             "max_bytes": store.max_size,
             **{str(name): counters.get(name, 0) for name in Counter},
             "ecosystems": by_ecosystem(counters),
         }
+        if self.cache.shared is not None:
+            data["shared_cache"] = self.cache.shared.tier.status
         return 200, APPLICATION_JSON, json.dumps(data).encode()
 
 

@@ -34,7 +34,7 @@ from ._admin import ADMIN_HOST, AdminPages, core_pages
 from ._auth import Credentials, Gate
 from ._ca import CertificateAuthority
 from ._channel import READ_SIZE
-from ._config import Config, ConfigError
+from ._config import SHARED_CACHE_SETTINGS, Config, ConfigError
 from ._connection import Client, ConnectionLoop, Forwarder
 from ._limits import ConnectionSlots, default_max_connections
 from ._observe import Observer
@@ -70,6 +70,7 @@ RESTART_SETTINGS = (
     "auth_file",  # its users are re-read; which file (or none) only at a restart
     "tls_cert",
     "tls_key",
+    *SHARED_CACHE_SETTINGS,
 )
 
 

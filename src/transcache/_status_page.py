@@ -41,6 +41,7 @@ class StatusView:
     gauges: Gauges
     downloads: Sequence[Download]
     passthrough_patterns: Sequence[str]
+    shared: str | None = None  # the shared tier: where, its trust, whether skipped now
 
 
 def render(view: StatusView, now: float | None = None) -> bytes:
@@ -80,6 +81,7 @@ def render(view: StatusView, now: float | None = None) -> bytes:
             if activity.by_user
             else []
         ),
+        *_shared(view),
         f"<h2>Downloads in flight ({len(view.downloads)})</h2>",
         _downloads(view.downloads),
         "<h2>Recent misses</h2>",
@@ -91,6 +93,18 @@ def render(view: StatusView, now: float | None = None) -> bytes:
         "</body></html>",
     ]
     return "\n".join(parts).encode()
+
+
+def _shared(view: StatusView) -> list[str]:
+    """The shared cache's section (none without one): what it is and this process's counts."""
+    if view.shared is None:
+        return []
+    counts = view.gauges.shared or {}
+    rows = [("bucket", view.shared)] + [
+        (name.removeprefix("shared_").replace("_", " "), str(value))
+        for name, value in counts.items()
+    ]
+    return ["<h2>Shared cache</h2>", _table(("", ""), rows, row_id="shared")]
 
 
 def _table(

@@ -44,6 +44,7 @@ from .decide import (
 from .downloads import Clock, Downloads, Joined, stored_headers
 from .flight import State
 from .keys import CacheRequest, Freshness, Keyed, classify, lookup, replay
+from .shared import open_shared_reader
 from .sources import EntryGoneError, PassThrough, ResponseSource, StoredResponse, Upstream
 
 log = logging.getLogger("transcache.cache")
@@ -68,6 +69,7 @@ class Cache:
         self._downloads = Downloads(store, clock) if store is not None else None
         self._refreshing: set[str] = set()  # keys revalidated in the background now
         self._nursery: trio.Nursery | None = None
+        self.shared = open_shared_reader(config, self)
 
     def reload(self, config: Config) -> None:
         """Decide new requests by `config`'s rules, index window, mode and size limit."""
@@ -92,6 +94,8 @@ class Cache:
                 self._nursery = nursery
                 if self._downloads is not None:
                     self._downloads.nursery = nursery
+                if self.shared is not None:
+                    await nursery.start(self.shared.run)
                 task_status.started()
                 while True:
                     await trio.sleep(COUNTER_FLUSH_SECONDS)
@@ -137,6 +141,8 @@ class Cache:
             return await self._miss(keyed, entry)
         if action is Action.FORWARD:
             return await self._forward(keyed, decision)
+        if self.shared is not None and (answer := await self.shared.offline(keyed)):
+            return answer
         self._count(Counter.OFFLINE_MISSES)
         cacheable = uncached_reason(keyed.view) is None
         where = "is not in the cache" if cacheable else "cannot be answered from the cache"
@@ -171,7 +177,7 @@ class Cache:
     async def _revalidate(self, keyed: Keyed, entry: Entry) -> Answer:
         assert self.store is not None
         request = keyed.request
-        headers = self._upstream_headers(request, policy.conditional_headers(entry.headers))
+        headers = upstream_headers(request, policy.conditional_headers(entry.headers))
         request_time = self.clock()
         try:
             response = await self.pool.request(
@@ -207,8 +213,10 @@ class Cache:
             return joined
         pending = self.downloads.register(keyed.key)
         request_time = self.clock()
-        headers = self._upstream_headers(request, [])
+        headers = upstream_headers(request, [])
         try:
+            if self.shared is not None and (shared := await self.shared.answer(keyed, pending)):
+                return shared
             try:
                 response = await self.pool.request(
                     request.origin,
@@ -277,13 +285,6 @@ class Cache:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _upstream_headers(self, request: CacheRequest, conditional: Headers) -> Headers:
-        """What a request the cache makes upstream carries: the client's headers without its
-        own validators and Range (the full response is fetched, and the client's conditions
-        answered from it), plus `conditional` (a revalidation's validators)."""
-        headers = policy.without_conditionals(request.headers) + list(conditional)
-        return upstream_fields(headers, request.origin)
-
     async def _intact(self, answer: Answer) -> Answer:
         """`answer`, unless it comes from a stored body that is not what its digest says:
         then that body is gone and the request looks again (EntryGoneError). Hashing a
@@ -307,3 +308,11 @@ class Cache:
     def _count(self, name: Counter) -> None:
         if self.store is not None:
             self.store.count(name)
+
+
+def upstream_headers(request: CacheRequest, conditional: Headers) -> Headers:
+    """What a request the cache makes upstream carries: the client's headers without its
+    own validators and Range (the full response is fetched, and the client's conditions
+    answered from it), plus `conditional` (a revalidation's validators)."""
+    headers = policy.without_conditionals(request.headers) + list(conditional)
+    return upstream_fields(headers, request.origin)

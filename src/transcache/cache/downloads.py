@@ -16,7 +16,7 @@ import trio
 
 from .. import _policy as policy
 from .._protocol import Headers, drop_connection_fields, header_value
-from ..store import BodyWriter, Counter, Store, now
+from ..store import BodyWriter, Counter, Entry, Store, now
 from .decide import Outcome, cache_status
 from .flight import Flight, FlightReader, State
 from .keys import Keyed, ecosystem_of
@@ -27,6 +27,9 @@ log = logging.getLogger("transcache.cache")
 Answer = tuple[ResponseSource, Outcome]
 # Wall-clock seconds; tests give the cache a clock of their own (trio's virtual one).
 Clock = Callable[[], float]
+# Told of every entry published from a request without credentials: the entry, the primary
+# key its Vary index is under, and the Vary fields (the shared tier uploads it).
+Published = Callable[[Entry, str, tuple[str, ...]], None]
 
 
 class Joined(enum.Enum):
@@ -41,6 +44,7 @@ class Downloads:
         self.nursery: trio.Nursery | None = None  # set while the cache runs
         self._flights: dict[str, Flight] = {}
         self._evicting = False
+        self.on_published: Published | None = None
 
     def busy(self, key: str) -> bool:
         return key in self._flights
@@ -150,7 +154,10 @@ class Downloads:
             "kind": keyed.store_kind,
             "ecosystem": ecosystem_of(request),
         }
-        self.nursery.start_soon(self._download, flight, response, writer, fields, vary)
+        shareable = not policy.credential_partition(request.headers, None)
+        self.nursery.start_soon(
+            self._download_and_tell, flight, response, writer, fields, shareable
+        )
         reader = self._reader(flight, request.headers, Outcome.MISS, head_only=keyed.head_only)
         return reader, Outcome.MISS
 
@@ -163,6 +170,22 @@ class Downloads:
             headers.append((b"Content-Length", flight.content_length))
         headers += [(b"Age", b"0"), (b"Cache-Status", status)]
         return FlightReader(flight, headers, head_only)
+
+    async def _download_and_tell(
+        self,
+        flight: Flight,
+        response: UpstreamAnswer,
+        writer: BodyWriter,
+        fields: dict[str, object],
+        shareable: bool,
+    ) -> None:
+        """The download, then the post-publish hook (`on_published`)."""
+        vary = _vary(flight.headers)
+        await self._download(flight, response, writer, fields, vary)
+        if shareable and flight.state is State.PUBLISHED and self.on_published is not None:
+            entry = self.store.get(str(fields["key"]))
+            if entry is not None:
+                self.on_published(entry, flight.key, vary)
 
     async def _download(
         self,

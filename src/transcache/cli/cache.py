@@ -16,6 +16,7 @@ from .._config import DEFAULT_MAX_SIZE, parse_size
 from ._human import plural, size
 from ._options import EXIT_FAILURE, add_cache_dir, cli_value, existing_file
 from ._progress import of_entries, progress
+from ._tier import add_keygen_options, add_shared_prune_options, prune_shared
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -40,7 +41,12 @@ def add_parsers(commands: Commands) -> None:
     prune.add_argument(
         "--max-size", type=cli_value(parse_size), default=DEFAULT_MAX_SIZE, metavar="SIZE"
     )
+    add_shared_prune_options(prune)
     prune.set_defaults(handler=_on_store(_prune))
+    keygen = cache_commands.add_parser(
+        "keygen", help="make an Ed25519 key pair to sign and check shared cache entries"
+    )
+    add_keygen_options(keygen)
     purge = cache_commands.add_parser(
         "purge", help="forget the responses for a URL (or a shell pattern on URLs)"
     )
@@ -166,6 +172,8 @@ def _ls(store: Store, args: argparse.Namespace) -> int:
 def _prune(store: Store, args: argparse.Namespace) -> int:
     from ..store import maintenance
 
+    if args.shared:
+        return prune_shared(store, args)
     with progress("prune", of_entries) as shown:
         removed, freed = maintenance.prune(store, shown)
     print(f"removed {plural(removed, 'entry', 'entries')} without a body, evicted {size(freed)}")

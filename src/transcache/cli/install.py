@@ -14,6 +14,7 @@ from .._config import DEFAULT_PORT
 from ..install.settings import TRUST_CHOICES, Settings
 from ._human import age, plural
 from ._options import add_ca_dir, add_cache_dir, existing_file, listen_address
+from ._tier import add_shared_cache_options, shared_cache_flags
 
 if TYPE_CHECKING:
     from ..install.installer import Machine
@@ -92,6 +93,7 @@ def _add_install_parser(commands: Commands) -> None:
         help="hosts the service reaches directly, NO_PROXY syntax (default: the NO_PROXY "
         "install runs with)",
     )
+    add_shared_cache_options(install)
     install.add_argument(
         "--socket-activation",
         action="store_true",
@@ -136,6 +138,7 @@ def _command_install(args: argparse.Namespace) -> int:
         at_boot=args.at_boot,
         trust=tuple(args.trust),
         apt=args.apt,
+        shared_cache=shared_cache_flags(args),
     )
     settings = installer.with_user_node_ca(settings, os.environ)
     previous = installer.installed_settings()
@@ -257,6 +260,8 @@ def _print_status(status: Status) -> None:
             f"{'cache':<14} {cache.get('entries')} entries, {cache.get('bytes')} bytes; "
             f"{cache.get('hits')} hits, {cache.get('misses')} misses"
         )
+        if cache.get("shared_cache"):
+            print(f"{'shared cache':<14} {cache['shared_cache']}")
     for host, seen in status.tls_rejections.items():
         clients = ", ".join(seen["clients"])
         handshakes = plural(seen["count"], "handshake")

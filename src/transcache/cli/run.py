@@ -44,6 +44,7 @@ from ._options import (
     listen_address,
     positive,
 )
+from ._tier import add_shared_cache_options, shared_cache_options
 
 if TYPE_CHECKING:
     from ..api import RunningProxy
@@ -75,6 +76,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_ca_dir(parser)
     add_cache_dir(parser)
     add_origin_options(parser)
+    add_shared_cache_options(parser)
     parser.add_argument(
         "--passthrough",
         action="append",
@@ -293,6 +295,7 @@ def config_from(args: argparse.Namespace) -> Config:
         "upstream_proxy": args.upstream_proxy,
         "upstream_proxy_file": args.upstream_proxy_file,
         "upstream_proxy_bypass": args.upstream_proxy_bypass,
+        **shared_cache_options(args),
     }
     return build_config(options, args.config, os.environ)
 

@@ -52,6 +52,9 @@ class Settings:
     # the manifest keeps none) and the hosts it reaches directly.
     upstream_proxy: ParentProxy | None = None
     upstream_proxy_bypass: tuple[str, ...] = ()
+    # `transcache run` flags of the shared tier (--shared-cache s3://..., its keys' paths);
+    # its credentials stay in the AWS files, never here.
+    shared_cache: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -103,6 +106,7 @@ class Settings:
             "--cache-dir",
             str(self.cache_dir),
         ]
+        arguments += self.shared_cache
         if self.upstream_proxy is None:
             return [*arguments, "--upstream-proxy", NO_PARENT]
         arguments += ["--upstream-proxy-file", str(parent_file_path())]
@@ -114,6 +118,7 @@ class Settings:
         data = asdict(self)
         data["ca_dir"], data["cache_dir"] = str(self.ca_dir), str(self.cache_dir)
         data["no_proxy"], data["trust"] = list(self.no_proxy), list(self.trust)
+        data["shared_cache"] = list(self.shared_cache)
         if self.node_extra_ca_certs is not None:
             data["node_extra_ca_certs"] = str(self.node_extra_ca_certs)
         data["upstream_proxy"] = None if self.upstream_proxy is None else str(self.upstream_proxy)
@@ -143,4 +148,5 @@ class Settings:
                 else None
             ),
             upstream_proxy_bypass=tuple(data.get("upstream_proxy_bypass", ())),
+            shared_cache=tuple(data.get("shared_cache", ())),
         )

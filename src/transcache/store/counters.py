@@ -38,6 +38,13 @@ class Counter(StrEnum):
     GIT_HITS = "git_hits"
     GIT_MISSES = "git_misses"
     GIT_BYTES_FROM_CACHE = "git_bytes_from_cache"
+    # The shared tier: entries and bytes it answered, entries and body bytes uploaded to it,
+    # and its failures (each one a tier miss, never a failed request).
+    SHARED_HITS = "shared_hits"
+    SHARED_BYTES = "shared_bytes"
+    SHARED_UPLOADS = "shared_uploads"
+    SHARED_UPLOAD_BYTES = "shared_upload_bytes"
+    SHARED_ERRORS = "shared_errors"
 
 
 class EcosystemCounter(StrEnum):

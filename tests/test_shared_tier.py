@@ -1,0 +1,392 @@
+"""The shared tier against a real S3 server (SeaweedFS on loopback), with caches in-process in
+front of scripted origins: what one proxy stored, another with an empty cache dir serves
+without asking its origin, byte for byte; and faults, trust and privacy of what is shared."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.clients import curl
+from tests.conftest import StartProxy
+from tests.origin import Origin, client_env, pattern
+from tests.s3server import DIRECT, S3Server, aws_environment, running_s3
+from tests.test_cache_inprocess import ORIGIN, FakeOrigin, Scripted, fetch, read_all
+from transcache._config import Config
+from transcache._errors import OfflineMissError
+from transcache._limits import ConnectionSlots
+from transcache._observe import Observer
+from transcache._protocol import Headers
+from transcache.cache import Cache, CacheRequest
+from transcache.cli import main
+from transcache.store import Counter, Store
+from transcache.tiers.trust import generate_pair
+
+pytestmark = pytest.mark.slow
+
+PAGE = b"<html>shared</html>"
+IMMUTABLE = [(b"Cache-Control", b"max-age=31536000, immutable")]
+SECRET_KEY = "tier-test-secret"  # SeaweedFS's test identity below; nothing real
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def aws_variables(monkeypatch: pytest.MonkeyPatch, s3: S3Server, tmp_path: Path) -> None:
+    """The endpoint by AWS_ENDPOINT_URL, no credentials from this machine, no instance
+    metadata probe, and proxy variables that point nowhere: the tier must not use them."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in aws_environment(s3.endpoint, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+
+
+@pytest.fixture
+async def nursery() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as nursery:
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+_prefixes = iter(range(10**6))
+
+
+@pytest.fixture
+def location(s3: S3Server) -> str:
+    """A prefix of its own per test, in the one bucket."""
+    return f"s3://{s3.bucket}/t{next(_prefixes)}-{time.monotonic_ns()}"
+
+
+async def proxy(
+    nursery: trio.Nursery,
+    cache_dir: Path,
+    origin: FakeOrigin,
+    *,
+    shift: float = 0.0,
+    **options: object,
+) -> Cache:
+    config = Config(cache_dir=cache_dir, ca_dir=cache_dir / "ca", **options)  # type: ignore[arg-type]
+    cache = Cache(config, Store(cache_dir, config.max_size), origin, lambda: time.time() + shift)
+    await nursery.start(cache.run)
+    return cache
+
+
+async def settle(cache: Cache) -> None:
+    """Until the downloads under way are stored and their uploads have ended."""
+    await cache.downloads.wait_idle()
+    assert cache.shared is not None
+    await cache.shared.tier.wait_idle()
+
+
+async def stored_by(
+    nursery: trio.Nursery,
+    cache_dir: Path,
+    path: str = "/page.html",
+    headers: Headers = IMMUTABLE,
+    *lines: bytes,
+    **options: object,
+) -> Cache:
+    """A proxy that fetched PAGE at `path` (its origin answering with `headers`), stored it
+    and uploaded what it uploads."""
+    origin = FakeOrigin(Scripted(headers=headers, chunks=[PAGE]))
+    cache = await proxy(nursery, cache_dir, origin, **options)  # type: ignore[arg-type]
+    assert (await fetch(cache, path, *lines))[0] == PAGE
+    await settle(cache)
+    return cache
+
+
+def counters(cache: Cache) -> dict[str, int]:
+    assert cache.store is not None
+    return cache.store.counters.read()
+
+
+def objects(s3: S3Server, location: str) -> list[str]:
+    prefix = location.removeprefix(f"s3://{s3.bucket}/")
+    url = f"{s3.endpoint}/{s3.bucket}?list-type=2&prefix={prefix}/"
+    with DIRECT.open(url, timeout=10) as answer:
+        listing = answer.read().decode()
+    return [part.partition("</Key>")[0] for part in listing.split("<Key>")[1:]]
+
+
+def overwrite(s3: S3Server, name: str, data: bytes) -> None:
+    request = urllib.request.Request(f"{s3.endpoint}/{s3.bucket}/{name}", data=data, method="PUT")
+    with DIRECT.open(request, timeout=10):
+        pass
+
+
+async def test_what_one_proxy_stored_another_serves_without_its_origin(
+    nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server
+) -> None:
+    origin_a = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE]))
+    a = await proxy(nursery, tmp_path / "a", origin_a, shared_cache=location)
+    assert (await fetch(a, "/page.html"))[0] == PAGE
+    await settle(a)
+    assert counters(a)[Counter.SHARED_UPLOADS] == 1
+    assert any("/v1/blobs/" in name for name in objects(s3, location))
+
+    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"the origin was asked"]))
+    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location)
+    body, _ = await fetch(b, "/page.html")
+    assert body == PAGE and origin_b.requests == []
+    await settle(b)
+    again, _ = await fetch(b, "/page.html")  # now from B's own disk
+    assert again == PAGE and origin_b.requests == []
+    seen = counters(b)
+    assert seen[Counter.SHARED_HITS] == 1 and seen[Counter.SHARED_BYTES] == len(PAGE)
+    assert seen.get(Counter.SHARED_UPLOADS, 0) == 0  # taken from the tier: not sent back
+
+
+async def test_a_large_body_goes_up_in_parts_and_comes_back_whole(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    body = hashlib.sha256(b"x").digest() * (40 * 1024 * 1024 // 32)  # 40 MiB: multipart
+    chunks = [body[i : i + 1024 * 1024] for i in range(0, len(body), 1024 * 1024)]
+    a = await proxy(
+        nursery,
+        tmp_path / "a",
+        FakeOrigin(Scripted(headers=IMMUTABLE, chunks=chunks, pace=0)),
+        shared_cache=location,
+    )
+    assert (await fetch(a, "/big.tar.gz"))[0] == body
+    await settle(a)
+    assert counters(a)[Counter.SHARED_UPLOAD_BYTES] == len(body)
+    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"no"]))
+    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location)
+    assert (await fetch(b, "/big.tar.gz"))[0] == body
+    assert origin_b.requests == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+async def test_a_damaged_body_in_the_bucket_is_never_served_or_stored(
+    nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server, damage: str
+) -> None:
+    await stored_by(nursery, tmp_path / "a", "/page.html", IMMUTABLE, shared_cache=location)
+    blob = next(name for name in objects(s3, location) if "/v1/blobs/" in name)
+    overwrite(s3, blob, PAGE[:-3] if damage == "truncated" else PAGE.upper())
+    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"from the origin"]))
+    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location)
+    assert (await fetch(b, "/page.html"))[0] == b"from the origin"
+    await settle(b)
+    assert (await fetch(b, "/page.html"))[0] == b"from the origin"  # stored: the origin's
+
+
+async def test_with_a_verify_key_unsigned_and_mis_signed_entries_are_ignored(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    generate_pair(tmp_path / "signing.pem", tmp_path / "verify.pem")
+    generate_pair(tmp_path / "other.pem", tmp_path / "other-verify.pem")
+    for path, key in (
+        ("/unsigned", None),
+        ("/mis-signed", tmp_path / "other.pem"),
+        ("/signed", tmp_path / "signing.pem"),
+    ):
+        writer = await proxy(
+            nursery,
+            tmp_path / f"w{path[1:]}",
+            FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
+            shared_cache=location,
+            shared_cache_signing_key=key,
+        )
+        await fetch(writer, path)
+        await settle(writer)
+    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
+    reader = await proxy(
+        nursery,
+        tmp_path / "r",
+        origin,
+        shared_cache=location,
+        shared_cache_verify_key=tmp_path / "verify.pem",
+    )
+    assert reader.shared is not None and "signed entries only" in reader.shared.tier.description
+    assert [(await fetch(reader, p))[0] for p in ("/unsigned", "/mis-signed", "/signed")] == [
+        b"origin",
+        b"origin",
+        PAGE,
+    ]
+
+
+async def test_credentialed_entries_and_read_only_proxies_upload_nothing(
+    nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server
+) -> None:
+    public = [*IMMUTABLE, (b"Cache-Control", b"public")]
+    await stored_by(
+        nursery,
+        tmp_path / "a",
+        "/private.html",
+        public,
+        b"Authorization: Bearer t0ken",
+        shared_cache=location,
+    )
+    ro = await proxy(
+        nursery,
+        tmp_path / "ro",
+        FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE])),
+        shared_cache=location,
+        shared_cache_readonly=True,
+    )
+    await fetch(ro, "/page.html")
+    await ro.downloads.wait_idle()
+    assert ro.shared is not None
+    await ro.shared.tier.wait_idle()
+    assert objects(s3, location) == []
+
+
+async def test_tier_entries_follow_the_freshness_rules(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    short = [(b"Cache-Control", b"max-age=60")]
+    await stored_by(nursery, tmp_path / "a", "/page.html", short, shared_cache=location)
+    fresh = FakeOrigin(Scripted(headers=short, chunks=[b"origin"]))
+    b = await proxy(nursery, tmp_path / "b", fresh, shared_cache=location, shift=30)
+    assert (await fetch(b, "/page.html"))[0] == PAGE
+    later = FakeOrigin(Scripted(headers=short, chunks=[b"origin"]))
+    c = await proxy(nursery, tmp_path / "c", later, shared_cache=location, shift=120)
+    assert (await fetch(c, "/page.html"))[0] == b"origin"  # stale in the tier: the origin
+
+
+async def test_a_stalled_tier_costs_each_miss_the_timeout_until_the_breaker_skips_it(
+    nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server
+) -> None:
+    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
+    b = await proxy(
+        nursery,
+        tmp_path / "b",
+        origin,
+        shared_cache=location,
+        shared_cache_timeout=0.5,
+        shared_cache_failures=2,
+        shared_cache_skip=600,
+    )
+    s3.pause()
+    try:
+        errors = []
+        for n in range(4):
+            assert (await fetch(b, f"/p{n}"))[0] == b"origin"  # within the timeout
+            errors.append(counters(b).get(Counter.SHARED_ERRORS, 0))
+    finally:
+        s3.resume()
+    assert errors[0] >= 1  # the tier was tried and given up on
+    assert errors[-1] == errors[-2]  # then skipped: no more attempts
+    assert b.shared is not None and b.shared.tier.last_error is not None
+
+
+async def test_with_identities_on_the_server_requests_are_signed_by_the_credential_chain(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identities: dict[str, object] = {
+        "identities": [
+            {
+                "name": "ci",
+                "credentials": [{"accessKey": "tier-test-key", "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List"],
+            }
+        ]
+    }
+    with running_s3(tmp_path / "s3", identities) as signed:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", signed.endpoint)
+        where = f"s3://{signed.bucket}/creds"
+        anonymous = await stored_by(nursery, tmp_path / "anon", shared_cache=where)
+        assert counters(anonymous).get(Counter.SHARED_UPLOADS, 0) == 0
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tier-test-key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        a = await stored_by(nursery, tmp_path / "a", shared_cache=where)
+        assert a.shared is not None
+        assert counters(a).get(Counter.SHARED_UPLOADS) == 1, a.shared.tier.last_error
+        origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
+        b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=where)
+        assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
+
+
+async def test_offline_reads_the_tier_and_no_shared_cache_is_the_strict_form(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    await stored_by(nursery, tmp_path / "a", "/page.html", IMMUTABLE, shared_cache=location)
+    offline = await proxy(
+        nursery, tmp_path / "o", FakeOrigin(), shared_cache=location, offline=True
+    )
+    assert (await fetch(offline, "/page.html"))[0] == PAGE
+    strict = await proxy(nursery, tmp_path / "s", FakeOrigin(), shared_cache="", offline=True)
+    with pytest.raises(OfflineMissError):
+        source, _ = await strict.respond(CacheRequest(b"GET", ORIGIN, "/page.html", []))
+        await read_all(source)
+
+
+async def test_stats_metrics_and_the_status_page_count_tier_traffic(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    a = await stored_by(nursery, tmp_path / "a", "/page.html", IMMUTABLE, shared_cache=location)
+    b = await proxy(nursery, tmp_path / "b", FakeOrigin(), shared_cache=location)
+    await fetch(b, "/page.html")
+    for cache, counted in (
+        (a, b"transcache_shared_uploads_total 1.0"),
+        (b, b"transcache_shared_hits_total 1.0"),
+    ):
+        observer = Observer(cache.config, cache, ConnectionSlots(10))
+        assert counted in observer.metrics.render()[2]
+        page = observer.status_page()[2].decode()
+        assert "Shared cache" in page and "trusted as it is" in page
+        stats = json.loads(observer.stats_page()[2])
+        assert "trusted as it is" in stats["shared_cache"]
+    stats = json.loads(Observer(b.config, b, ConnectionSlots(10)).stats_page()[2])
+    assert stats["shared_hits"] == 1 and stats["shared_bytes"] == len(PAGE)
+
+
+async def test_prune_deletes_what_was_written_before_the_cutoff(
+    nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server
+) -> None:
+    a = await stored_by(nursery, tmp_path / "a", "/page.html", IMMUTABLE, shared_cache=location)
+    assert a.shared is not None
+    assert await a.shared.tier.prune(time.time() - 3600) == 0  # nothing that old
+    assert len(objects(s3, location)) == 2
+    assert await a.shared.tier.prune(time.time() + 3600) == 2
+    assert objects(s3, location) == []
+
+
+def test_cache_keygen_and_prune_shared_from_the_command_line(
+    tmp_path: Path, location: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = ["cache", "keygen", str(tmp_path / "sign.pem"), str(tmp_path / "verify.pem")]
+    assert main(keys) == 0
+    assert (tmp_path / "sign.pem").stat().st_mode & 0o077 == 0
+    prune = ["cache", "prune", "--shared", "--older-than", "30", "--shared-cache", location]
+    assert main([*prune, "--cache-dir", str(tmp_path / "c")]) == 0
+    assert "deleted 0 objects older than 30 days" in capsys.readouterr().out
+
+
+BIG = 100 * 1024 * 1024
+RSS_LIMIT = 150 * 1024 * 1024  # as tests/test_streaming.py: a buffered 100 MiB body breaks it
+
+
+def test_two_proxy_processes_share_a_100_mib_body_through_the_bucket_in_flat_memory(
+    origin: Origin, start_proxy: StartProxy, tmp_path: Path, location: str, s3: S3Server
+) -> None:
+    flags = ["--shared-cache", location, "--immutable", "*/bytes/*"]
+    url = origin.url("files.test", f"/bytes/{BIG}")
+    a = start_proxy(origin, args=flags, name="a")
+    written = curl(
+        client_env(tmp_path / "home", a.env()), "-o", "/dev/null", "-w", "%{size_download}", url
+    )
+    assert written.stdout == str(BIG)
+    deadline = time.monotonic() + 60
+    while not any("/v1/meta/" in name for name in objects(s3, location)):  # uploaded
+        assert time.monotonic() < deadline, a.log
+        time.sleep(0.1)
+    b = start_proxy(origin, args=flags, name="b")
+    out = tmp_path / "from-b"
+    curl(client_env(tmp_path / "home", b.env()), "--output", str(out), url)
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(pattern(BIG)).digest()
+    assert len(origin.requests_to(f"/bytes/{BIG}")) == 1  # B asked the bucket, not the origin
+    assert b.peak_rss_bytes() < RSS_LIMIT and a.peak_rss_bytes() < RSS_LIMIT
