@@ -70,6 +70,9 @@ class Config:
     allow_unauthenticated: bool = False
     # Client connections served at once; None derives it from the fd limit at start.
     max_connections: int | None = None
+    # Serving processes of `transcache run` (_workers); None: one per usable core. The API,
+    # `exec` and the pytest plugin always serve in their own process.
+    workers: int | None = None
     # Seconds: a client must send a whole request head within header_timeout, and may sit
     # idle between keep-alive requests for idle_timeout. A request body is cut when nothing
     # of it arrives for body_timeout, or when it arrives slower than min_body_rate bytes/s
@@ -122,6 +125,8 @@ class Config:
             raise ConfigError("min_body_rate must not be negative")
         if self.max_connections is not None and self.max_connections < 1:
             raise ConfigError("max_connections must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("workers must be at least 1")
         if not all(0 < port < 65536 for port in self.connect_ports):
             raise ConfigError(f"connect ports must be 1 to 65535: {sorted(self.connect_ports)}")
 
@@ -308,7 +313,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """Config keyword options from a TOML file (see docs/caching.md); {} if it is absent.
 
     Keys: max_size ("10G"), offline (bool), passthrough, upstream_ca, connect_ports,
-    allow_destinations (lists), max_connections, idle_timeout, body_timeout (numbers),
+    allow_destinations (lists), max_connections, workers, idle_timeout, body_timeout (numbers),
     min_body_rate ("1K"), index_ttl (seconds), strict_client_reload (bool), upstream_proxy
     (a URL or "none"), upstream_proxy_bypass (NO_PROXY syntax), and [[rule]]
     tables with `url` plus one of `min_ttl = SECONDS`, `index_ttl = SECONDS`,
@@ -334,8 +339,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 options["connect_ports"] = frozenset(int(v) for v in value)
             elif key == "allow_destinations":
                 options["allow_destinations"] = tuple(parse_destination(str(v)) for v in value)
-            elif key == "max_connections":
-                options["max_connections"] = int(value)
+            elif key in ("max_connections", "workers"):
+                options[key] = int(value)
             elif key in ("idle_timeout", "body_timeout"):
                 options[key] = float(value)
             elif key == "min_body_rate":
