@@ -27,8 +27,6 @@ from .origin import Exchange, Origin
 from .proxyproc import ProxyProcess
 
 WORKERS = ["--workers", "2"]
-# Connections opened at most to reach a given worker (the kernel picks the worker).
-MAX_ATTEMPTS = 200
 DEADLINE_SECONDS = 20.0
 FRESH = {"Cache-Control": "max-age=600"}
 
@@ -63,8 +61,10 @@ def connections() -> Iterator[list[WorkerConnection]]:
 def connect(
     proxy: ProxyProcess, opened: list[WorkerConnection], *, not_to: Collection[int] = ()
 ) -> WorkerConnection:
-    """A connection held by a worker whose pid is not in `not_to`."""
-    for _ in range(MAX_ATTEMPTS):
+    """A connection held by a worker whose pid is not in `not_to` (one that is starting
+    takes connections once it listens)."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
         connection = WorkerConnection(proxy.port)
         if connection.pid not in not_to:
             opened.append(connection)
@@ -166,10 +166,9 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(
             assert (status, body) == (200, b"still served")
         assert fresh.pid != victim
         fresh.close()
-    until("a new worker replaces the killed one", lambda: len(workers_of(proxy.process.pid)) == 2)
-    (replacement,) = workers_of(proxy.process.pid) - {survivor.pid}
+    replacement = connect(proxy, connections, not_to={survivor.pid}).pid
     assert replacement != victim
-    assert connect(proxy, connections, not_to={survivor.pid}).pid == replacement
+    assert workers_of(proxy.process.pid) == {survivor.pid, replacement}
     assert proxy.log_lines(f"(pid {victim}) ended with status -9")
 
 
@@ -230,3 +229,23 @@ def test_metrics_sum_the_workers(
 
     until("both workers' requests are counted", lambda: requests_counted(first) == 2)
     assert requests_counted(second) == 2  # whichever worker answers, it counts them all
+
+
+def test_a_worker_failing_at_start_stops_the_run_with_its_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "transcache", "run", "--listen", "127.0.0.1:0"),
+            *("--ca-dir", str(tmp_path / "ca"), "--cache-dir", str(tmp_path / "cache")),
+            *("--tls-cert", missing, "--tls-key", missing, *WORKERS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""  # no listening line
+    assert f"cannot use --tls-cert {missing}" in result.stderr
+    assert "before it listened" in result.stderr
+    assert "Traceback" not in result.stderr

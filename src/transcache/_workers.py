@@ -17,7 +17,8 @@ What the supervisor promises:
 - a worker that dies is started again: at once if it had served a while, after a pause that
   doubles (up to MAX_BACKOFF_SECONDS) while it keeps dying young. At startup, a worker that
   exits before it listens stops the whole run: a bad flag or config file would only loop;
-- a private run dir (0700, removed at exit) for what the workers share: prometheus_client's
+- a private run dir (0700, removed at exit; a temp dir of the cache, which the next proxy on
+  it removes should the supervisor die first) for what the workers share: prometheus_client's
   multiprocess files (PROMETHEUS_MULTIPROC_DIR) and each worker's snapshot for the status page
   (`_observe`); the snapshot of a worker that died is removed with it;
 - a worker's stdin is a pipe from the supervisor that is never written: at its end (the
@@ -45,7 +46,7 @@ from ._ca import CertificateAuthority
 from ._config import Config
 from ._errors import TranscacheError
 from ._metrics import MULTIPROCESS_VARIABLE
-from .store.layout import Layout
+from .store.layout import Layout, TempDir
 
 log = logging.getLogger("transcache")
 
@@ -113,7 +114,7 @@ async def supervise(config: Config, argv: Sequence[str], count: int) -> None:
     fds = [listener.socket.fileno() for listener in listeners]
     command = [sys.executable, "-m", "transcache", *argv, "--workers", "1"]
     with (
-        _private_run_dir() as shared,
+        _private_run_dir(config) as shared,
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
     ):
         env = _worker_environment(os.environ, fds, shared)
@@ -122,18 +123,23 @@ async def supervise(config: Config, argv: Sequence[str], count: int) -> None:
             for index in range(count):
                 nursery.start_soon(workers.keep, index)
             await workers.all_listening.wait()
-            workers.announce()
-            _notify.notify("READY=1")
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    workers.send(signal.SIGHUP)
-                    continue
-                log.info("%s received, stopping %d workers", signal.Signals(signum).name, count)
-                _notify.notify("STOPPING=1")
-                break
+            if workers.failure is None:
+                workers.announce()
+                _notify.notify("READY=1")
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        workers.send(signal.SIGHUP)
+                        continue
+                    name = signal.Signals(signum).name
+                    log.info("%s received, stopping %d workers", name, count)
+                    _notify.notify("STOPPING=1")
+                    break
             await workers.stop()
+            nursery.cancel_scope.cancel()  # a worker waiting out its back-off
     for listener in listeners:
         await listener.aclose()
+    if workers.failure is not None:
+        raise WorkerError(workers.failure)
 
 
 class Workers:
@@ -152,7 +158,9 @@ class Workers:
         # Worker 0's first output, held until every worker listens (`announce`).
         self._held: bytearray | None = bytearray()
         self._listening = 0
+        # Set once every worker listens, or one failed to (`failure` says which).
         self.all_listening = trio.Event()
+        self.failure: str | None = None
         self._all_ended = trio.Event()
 
     async def keep(self, index: int) -> None:
@@ -176,7 +184,10 @@ class Workers:
                 if first:
                     if not line:
                         code = await process.wait()
-                        raise WorkerError(f"worker {index} ended ({code}) before it listened")
+                        if not self.stopping:
+                            self.failure = f"worker {index} ended ({code}) before it listened"
+                            self.all_listening.set()
+                        return
                     self._listening += 1
                     if self._listening == self.count:
                         self.all_listening.set()
@@ -274,9 +285,19 @@ def _worker_environment(
 
 
 @contextlib.contextmanager
-def _private_run_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="transcache-run-"))  # 0700
+def _private_run_dir(config: Config) -> Iterator[Path]:
+    """The run dir: a temp dir of the cache (0700, locked while we live, so that the next
+    proxy on the cache removes it if we die without cleaning up), or one in the system's
+    temp dir when there is no usable cache."""
+    own = None
+    if config.cache:
+        with contextlib.suppress(OSError):
+            own = TempDir(Layout(config.cache_dir).tmp)
+    path = own.path if own is not None else Path(tempfile.mkdtemp(prefix="transcache-run-"))
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if own is not None:
+            own.close()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
