@@ -96,6 +96,14 @@ def until(condition: str, check: Callable[[], bool]) -> None:
         time.sleep(0.02)
 
 
+def serving(
+    start_proxy: StartProxy, origin: Origin, path: str, body: bytes
+) -> tuple[ProxyProcess, str]:
+    """A proxy with two workers, and the URL of `body` on `origin` (fresh for ten minutes)."""
+    origin.add_file(path, body, headers=FRESH)
+    return start_proxy(origin, args=WORKERS), origin.url("files.test", path)
+
+
 def published(connection: WorkerConnection, url: str) -> tuple[int, dict[str, str], bytes]:
     """`url` from the cache only, once the download behind it is published."""
     answers: list[tuple[int, dict[str, str], bytes]] = []
@@ -112,9 +120,7 @@ def test_a_body_fetched_through_one_worker_is_a_hit_through_another(
     start_proxy: StartProxy, plain_origin: Origin, connections: list[WorkerConnection]
 ) -> None:
     data = os.urandom(256 * 1024)
-    plain_origin.add_file("/one.whl", data, headers=FRESH)
-    url = plain_origin.url("files.test", "/one.whl")
-    proxy = start_proxy(plain_origin, args=WORKERS)
+    proxy, url = serving(start_proxy, plain_origin, "/one.whl", data)
     first = connect(proxy, connections)
     second = connect(proxy, connections, not_to={first.pid})
     assert first.get(url)[2] == data
@@ -153,9 +159,7 @@ def test_two_workers_asked_for_one_cold_key_at_once_make_one_upstream_request(
 def test_a_killed_worker_is_replaced_and_the_others_keep_serving(
     start_proxy: StartProxy, plain_origin: Origin, connections: list[WorkerConnection]
 ) -> None:
-    plain_origin.add_file("/still.whl", b"still served", headers=FRESH)
-    url = plain_origin.url("files.test", "/still.whl")
-    proxy = start_proxy(plain_origin, args=WORKERS)
+    proxy, url = serving(start_proxy, plain_origin, "/still.whl", b"still served")
     survivor = connect(proxy, connections)
     (victim,) = workers_of(proxy.process.pid) - {survivor.pid}
     os.kill(victim, signal.SIGKILL)
@@ -212,9 +216,7 @@ def test_sigterm_stops_every_worker_and_ready_is_sent_once(tmp_path: Path) -> No
 def test_metrics_sum_the_workers(
     start_proxy: StartProxy, plain_origin: Origin, connections: list[WorkerConnection]
 ) -> None:
-    plain_origin.add_file("/counted.whl", b"counted", headers=FRESH)
-    url = plain_origin.url("files.test", "/counted.whl")
-    proxy = start_proxy(plain_origin, args=WORKERS)
+    proxy, url = serving(start_proxy, plain_origin, "/counted.whl", b"counted")
     first = connect(proxy, connections)
     second = connect(proxy, connections, not_to={first.pid})
     assert first.get(url)[0] == second.get(url)[0] == 200
