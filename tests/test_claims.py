@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from transcache.cache import Outcome
-from transcache.cache.claims import Claims
+from transcache.cache.claims import PATIENCE_SECONDS, Claims
 
 from .test_cache_inprocess import FakeOrigin, Scripted, fetch, start
 
@@ -66,7 +66,7 @@ def test_a_claim_dies_with_its_holder(tmp_path: Path) -> None:
     claims = Claims(tmp_path)
     holder = f"""
 import fcntl, os, sys
-from transcache.cache.claims import Claims
+from transcache.cache.claims import PATIENCE_SECONDS, Claims
 claims = Claims({str(tmp_path)!r})
 assert claims.claim({KEY!r})
 print("claimed", flush=True)
@@ -91,3 +91,30 @@ sys.stdin.read()
     finally:
         process.kill()
         process.wait()
+
+
+async def test_a_cache_stops_waiting_for_a_slow_download_and_fetches_it_too(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    held = trio.Event()  # the first download's head never comes
+    origin = FakeOrigin(Scripted(release_head=held), Scripted(chunks=[b"second"]))
+    async with trio.open_nursery() as first, trio.open_nursery() as second:
+        first.start_soon(fetch, await start(first, tmp_path, origin))
+        await trio.testing.wait_all_tasks_blocked()
+        cache = await start(second, tmp_path, origin)
+        results: list[tuple[bytes, Outcome]] = []
+
+        async def ask() -> None:
+            results.append(await fetch(cache))
+
+        second.start_soon(ask)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(origin.requests) == 1
+        mock_clock.jump(PATIENCE_SECONDS)  # the second gives up waiting
+        while not results:
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1)
+        first.cancel_scope.cancel()
+        second.cancel_scope.cancel()
+    assert results == [(b"second", Outcome.MISS)]
+    assert len(origin.requests) == 2

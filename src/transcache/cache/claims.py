@@ -4,7 +4,8 @@ other proxy on the same cache dir) download a key once.
 A download claims its key with an exclusive `flock` on `v1/tmp/flight-<key digest>`, taken
 without blocking. A process that finds the key claimed polls the lock from the event loop
 (never blocking it) until it is free, then looks the key up again: a hit when the holder
-published, a miss it fetches itself when the holder gave up. A holder that dies loses its lock
+published, a miss it fetches itself when the holder gave up. It waits PATIENCE_SECONDS at
+most, then fetches the key itself. A holder that dies loses its lock
 to the kernel, so nobody waits for a dead download. The holder unlinks the file before it
 unlocks; a claimer that locked a file unlinked meanwhile (its inode is no longer at the path)
 tries again, so two claimers never hold two different files for one key.
@@ -32,6 +33,10 @@ CLAIM_PREFIX = "flight-"
 # How often a process waiting for another's download checks whether it ended. Downloads take
 # milliseconds to minutes; a waiter wakes a few times a second, for nothing but a failed flock.
 POLL_SECONDS = 0.05
+# How long a waiter waits before it fetches the key itself. Unlike a reader of a flight in its
+# own process, it gets no bytes until the other download is published, and clients give up on
+# a silent connection (pip after 15 s): a large body is better downloaded twice than not at all.
+PATIENCE_SECONDS = 10.0
 
 
 class Claims:
@@ -74,22 +79,23 @@ class Claims:
             os.unlink(self._path(key))
         os.close(fd)
 
-    async def wait(self, key: str) -> None:
-        """Until no other process holds `key` (it published, gave up, or died)."""
+    async def wait(self, key: str) -> bool:
+        """Until no other process holds `key` (it published, gave up, or died): True; False
+        after PATIENCE_SECONDS."""
         path = self._path(key)
-        while True:
-            await trio.sleep(POLL_SECONDS)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return  # released and unlinked by its holder
-            except OSError:
-                return  # cannot tell: fetch rather than wait forever
-            try:
-                if _lock(fd):
-                    return  # free: its holder died (or just released it)
-            finally:
-                os.close(fd)
+        with trio.move_on_after(PATIENCE_SECONDS):
+            while True:
+                await trio.sleep(POLL_SECONDS)
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                except OSError:
+                    return True  # released and unlinked by its holder (or cannot tell)
+                try:
+                    if _lock(fd):
+                        return True  # free: its holder died (or just released it)
+                finally:
+                    os.close(fd)
+        return False
 
 
 def _lock(fd: int) -> bool:

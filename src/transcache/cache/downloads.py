@@ -85,8 +85,10 @@ class Downloads:
             if self.nursery is None or self.claims.claim(keyed.key):
                 return Joined.NOTHING
             log.info("%s: waiting for the download another process has under way", request.url)
-            await self.claims.wait(keyed.key)
-            return Joined.AGAIN
+            if await self.claims.wait(keyed.key):
+                return Joined.AGAIN
+            log.info("%s: the other process's download is slow; fetching it too", request.url)
+            return Joined.NOTHING
         if not flight.head_ready.is_set():
             log.info("%s: waiting for the download already under way", request.url)
             await flight.head_ready.wait()
