@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from transcache._launch import LISTENING_PREFIX
+from transcache._metrics import MULTIPROCESS_VARIABLE, Gauges, Metrics
 
 from .conftest import StartProxy
 from .origin import Exchange, Origin
@@ -213,7 +214,7 @@ def test_sigterm_stops_every_worker_and_ready_is_sent_once(tmp_path: Path) -> No
             process.wait()
 
 
-def test_metrics_sum_the_workers(
+def test_metrics_and_the_status_page_sum_the_workers(
     start_proxy: StartProxy, plain_origin: Origin, connections: list[WorkerConnection]
 ) -> None:
     proxy, url = serving(start_proxy, plain_origin, "/counted.whl", b"counted")
@@ -231,6 +232,14 @@ def test_metrics_sum_the_workers(
 
     until("both workers' requests are counted", lambda: requests_counted(first) == 2)
     assert requests_counted(second) == 2  # whichever worker answers, it counts them all
+    # The status page adds up the other workers' snapshots (written every second).
+    summary = '<tr><td>requests</td><td class="n">2</td></tr>'
+
+    def page_counts_both(connection: WorkerConnection) -> bool:
+        return summary in connection.get("/")[2].decode()
+
+    until("the first's status page counts both", lambda: page_counts_both(first))
+    until("the second's status page counts both", lambda: page_counts_both(second))
 
 
 def test_a_worker_failing_at_start_stops_the_run_with_its_error(tmp_path: Path) -> None:
@@ -251,3 +260,15 @@ def test_a_worker_failing_at_start_stops_the_run_with_its_error(tmp_path: Path) 
     assert f"cannot use --tls-cert {missing}" in result.stderr
     assert "before it listened" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_scrape_skips_the_metrics_file_a_starting_worker_is_creating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prometheus_client creates a worker's file empty, then sizes it: a scrape in between
+    # failed with struct.error before the page skipped empty files.
+    monkeypatch.setenv(MULTIPROCESS_VARIABLE, str(tmp_path))
+    (tmp_path / "counter_12345.db").touch()
+    status, _, page = Metrics(lambda: Gauges(connections_open=3, downloads_in_flight=0)).render()
+    assert status == 200
+    assert b"transcache_connections_open 3.0" in page

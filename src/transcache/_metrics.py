@@ -11,7 +11,7 @@ Two kinds of series:
 The workers of `transcache run --workers N` report as one proxy through prometheus_client's
 multiprocess mode: their supervisor sets MULTIPROCESS_VARIABLE (a private dir per run, removed
 at exit) before a worker imports prometheus_client, the event series then live in files there
-(a worker that died keeps its counts), and the page sums them with `MultiProcessCollector`. The
+(a worker that died keeps its counts), and the page sums them (`_WorkersCollector`). The
 state series stay a collector read by the worker answering the scrape, which adds up the
 others' state (`_observe`).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -71,6 +72,26 @@ class _StateCollector(Collector):
                 yield GaugeMetricFamily(f"transcache_{name}", documentation, value=value)
 
 
+class _WorkersCollector(Collector):
+    """Every worker's event series, from their files in `shared`. prometheus_client's own
+    `MultiProcessCollector` fails the scrape on the file of a worker that is creating it (it
+    is empty for an instant); such a file has no series yet and is skipped."""
+
+    def __init__(self, shared: Path) -> None:
+        self.shared = shared
+
+    def collect(self) -> Iterator[Metric]:
+        files = [str(path) for path in self.shared.glob("*.db") if _size(path) > 0]
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 class Metrics:
     def __init__(self, gauges: Callable[[], Gauges]) -> None:
         self.registry = registry = CollectorRegistry()
@@ -119,9 +140,10 @@ class Metrics:
         )
         # What /metrics shows: this registry, or in a worker every worker's series.
         self.page = registry
-        if os.environ.get(MULTIPROCESS_VARIABLE):
+        shared = os.environ.get(MULTIPROCESS_VARIABLE)
+        if shared:
             self.page = CollectorRegistry()
-            MultiProcessCollector(self.page)  # type: ignore[no-untyped-call]
+            self.page.register(_WorkersCollector(Path(shared)))
         self.page.register(_StateCollector(gauges))
         # The labelled children of each (outcome, ecosystem), looked up once: `labels()`
         # validates and locks on every call, which every request would pay.
