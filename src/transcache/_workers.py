@@ -64,7 +64,7 @@ READ_SIZE = 4096
 
 
 class WorkerError(TranscacheError):
-    pass
+    """A worker could not start: the run stops (its own error is on stderr)."""
 
 
 def usable_cores() -> int:
