@@ -255,10 +255,10 @@ def test_a_worker_failing_at_start_stops_the_run_with_its_error(tmp_path: Path) 
         timeout=DEADLINE_SECONDS,
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # the worker's: a usage error
     assert result.stdout == ""  # no listening line
-    assert f"cannot use --tls-cert {missing}" in result.stderr
-    assert "before it listened" in result.stderr
+    assert result.stderr.count(f"cannot use --tls-cert {missing}") == 1  # one worker started
+    assert "worker 0 ended (2) before it listened" in result.stderr
     assert "Traceback" not in result.stderr
 
 

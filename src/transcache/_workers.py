@@ -15,8 +15,9 @@ What the supervisor promises:
   worker 0's output is what `transcache run` prints;
 - SIGTERM and SIGINT stop every worker (STOPPING=1 first), SIGHUP reloads every worker;
 - a worker that dies is started again: at once if it had served a while, after a pause that
-  doubles (up to MAX_BACKOFF_SECONDS) while it keeps dying young. At startup, a worker that
-  exits before it listens stops the whole run: a bad flag or config file would only loop;
+  doubles (up to MAX_BACKOFF_SECONDS) while it keeps dying young. At startup, worker 0 starts
+  first and the others once it listens; a worker that exits before it listens stops the whole
+  run with its exit status: a bad flag or config file would only loop;
 - a private run dir (0700, removed at exit; a temp dir of the cache, which the next proxy on
   it removes should the supervisor die first) for what the workers share: prometheus_client's
   multiprocess files (PROMETHEUS_MULTIPROC_DIR) and each worker's snapshot for the status page
@@ -44,7 +45,6 @@ import trio
 from . import _notify
 from ._ca import CertificateAuthority
 from ._config import Config
-from ._errors import TranscacheError
 from ._metrics import MULTIPROCESS_VARIABLE
 from .store.layout import Layout, TempDir
 
@@ -61,10 +61,6 @@ MAX_BACKOFF_SECONDS = 30.0
 # How long stopping workers get to finish before they are killed.
 STOP_SECONDS = 15.0
 READ_SIZE = 4096
-
-
-class WorkerError(TranscacheError):
-    """A worker could not start: the run stops (its own error is on stderr)."""
 
 
 def usable_cores() -> int:
@@ -100,8 +96,9 @@ async def stop_with_supervisor() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def supervise(config: Config, argv: Sequence[str], count: int) -> None:
-    """Run `count` workers of `transcache ARGV` until SIGTERM or SIGINT."""
+async def supervise(config: Config, argv: Sequence[str], count: int) -> int:
+    """Run `count` workers of `transcache ARGV` until SIGTERM or SIGINT; the exit status: 0,
+    or that of a worker that failed to start (it said why on stderr)."""
     CertificateAuthority.load_or_create(config.ca_dir)
     if config.cache:
         with contextlib.suppress(OSError):  # a worker reports it, and serves without a cache
@@ -118,12 +115,14 @@ async def supervise(config: Config, argv: Sequence[str], count: int) -> None:
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
     ):
         env = _worker_environment(os.environ, fds, shared)
-        workers = Workers(count, command, env, fds, shared)
+        workers = Workers(command, env, fds, shared)
         async with trio.open_nursery() as nursery:
-            for index in range(count):
-                nursery.start_soon(workers.keep, index)
-            await workers.all_listening.wait()
-            if workers.failure is None:
+            # One first: a bad flag or config file is then reported once, not by every worker.
+            nursery.start_soon(workers.keep, 0)
+            if await workers.listening(1):
+                for index in range(1, count):
+                    nursery.start_soon(workers.keep, index)
+            if await workers.listening(count):
                 workers.announce()
                 _notify.notify("READY=1")
                 async for signum in signals:
@@ -138,17 +137,13 @@ async def supervise(config: Config, argv: Sequence[str], count: int) -> None:
             nursery.cancel_scope.cancel()  # a worker waiting out its back-off
     for listener in listeners:
         await listener.aclose()
-    if workers.failure is not None:
-        raise WorkerError(workers.failure)
+    return workers.failure or 0
 
 
 class Workers:
     """The worker processes: started, kept running, signalled, stopped."""
 
-    def __init__(
-        self, count: int, command: list[str], env: dict[str, str], fds: list[int], shared: Path
-    ) -> None:
-        self.count = count
+    def __init__(self, command: list[str], env: dict[str, str], fds: list[int], shared: Path):
         self.command = command
         self.env = env
         self.fds = fds
@@ -158,9 +153,9 @@ class Workers:
         # Worker 0's first output, held until every worker listens (`announce`).
         self._held: bytearray | None = bytearray()
         self._listening = 0
-        # Set once every worker listens, or one failed to (`failure` says which).
-        self.all_listening = trio.Event()
-        self.failure: str | None = None
+        # The exit status of a worker that ended before it first listened.
+        self.failure: int | None = None
+        self._changed = trio.Event()  # set (and replaced) when either changes
         self._all_ended = trio.Event()
 
     async def keep(self, index: int) -> None:
@@ -185,12 +180,12 @@ class Workers:
                     if not line:
                         code = await process.wait()
                         if not self.stopping:
-                            self.failure = f"worker {index} ended ({code}) before it listened"
-                            self.all_listening.set()
+                            log.error("worker %d ended (%d) before it listened", index, code)
+                            self.failure = code if code > 0 else 1
+                            self._note()
                         return
                     self._listening += 1
-                    if self._listening == self.count:
-                        self.all_listening.set()
+                    self._note()
                 relay = first and index == 0
                 if relay:
                     self._print(line + rest)
@@ -213,6 +208,16 @@ class Workers:
                 f" in {backoff:g} s" if backoff else "",
             )
             await trio.sleep(backoff)
+
+    async def listening(self, count: int) -> bool:
+        """Wait until `count` workers listen (True), or one failed to (False)."""
+        while self.failure is None and self._listening < count:
+            await self._changed.wait()
+        return self.failure is None
+
+    def _note(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def _ended(self, index: int, process: trio.Process) -> None:
         with trio.CancelScope(shield=True):

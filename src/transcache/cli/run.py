@@ -420,9 +420,8 @@ def _command_run(args: argparse.Namespace) -> int:
     workers = config.workers or usable_cores()
     try:
         if workers > 1:  # the supervisor re-runs this command line for each worker
-            trio.run(supervise, config, sys.argv[1:], workers)
-        else:
-            trio.run(_serve, config, lambda: config_from(args, args.workers), access_log)
+            return trio.run(supervise, config, sys.argv[1:], workers)
+        trio.run(_serve, config, lambda: config_from(args, args.workers), access_log)
     except OSError as exc:
         host, port = args.listen
         print(f"transcache: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
