@@ -1,7 +1,8 @@
 """`transcache run` as the end-to-end tests use it: a real subprocess on 127.0.0.1:0, started
 with the test origins' CA trusted upstream and `.test` names resolved to loopback.
 
-`ProxyProcess.start(...)` returns once the proxy printed its listening line; `env()` gives the
+`ProxyProcess.start(...)` returns once the proxy printed its listening line (every worker
+listens then); it serves in one process unless `workers` says otherwise. `env()` gives the
 variables a client needs (the proxy printed them; we take them from the same function), and
 `stop()` sends SIGTERM and expects a clean exit.
 """
@@ -51,16 +52,18 @@ class ProxyProcess:
         resolve: Iterable[tuple[str, int]] = (),
         args: Iterable[str] = (),
         fd_limit: tuple[int, int] | None = None,
+        workers: int = 1,
     ) -> Self:
         """Start `transcache run`; each (host, port) in `resolve` reaches 127.0.0.1.
-        `fd_limit` is the (soft, hard) RLIMIT_NOFILE the proxy starts with."""
+        `fd_limit` is the (soft, hard) RLIMIT_NOFILE the proxy starts with; `workers` its
+        serving processes (`process` is then their supervisor)."""
         workdir.mkdir(parents=True, exist_ok=True)
         command = run_command(
             workdir / "ca",
             workdir / "cache",
             upstream_ca=upstream_ca,
             resolve={name: "127.0.0.1" for name in resolve},
-            args=args,
+            args=["--workers", str(workers), *args],
         )
         env = server_environment(os.environ)
         log = (workdir / "proxy.log").open("ab")

@@ -219,6 +219,7 @@ def test_systemd_accepts_the_unit_and_finds_the_interpreter(
         "ExecStart",
         "ExecReload",
         "UnsetEnvironment",
+        "KillMode",
         "Restart",
         "RestartSec",
         "WantedBy",

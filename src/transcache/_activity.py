@@ -2,14 +2,18 @@
 hit ratios overall, per ecosystem and per host, the upstream time hits saved, the latest
 misses and errors, and the hosts tunnelled blind. Fed by the access log (`Activity` is a
 `Recorder`); `EcosystemCounts` is the recorder that keeps the per-ecosystem counters of
-`cache stats` in the store."""
+`cache stats` in the store. The workers of one proxy exchange their activity as JSON
+(`to_json`, `from_json`) and the page shows them `merged`."""
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._access import UNCOUNTED_METHOD, Exchange
 from ._registries import Ecosystem
@@ -42,6 +46,13 @@ class Tally:
             self.hits += 1
             self.bytes_from_cache += exchange.served_bytes
             self.saved_seconds += exchange.saved_seconds
+
+    def merge(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.hits += other.hits
+        self.bytes += other.bytes
+        self.bytes_from_cache += other.bytes_from_cache
+        self.saved_seconds += other.saved_seconds
 
     @property
     def hit_ratio(self) -> float:
@@ -94,10 +105,61 @@ class Activity:
             self.errors.appendleft(Recent(time.time(), exchange.url, exchange.status, reason))
 
     def _host_tally(self, url: str) -> Tally:
-        host = _host_of(url)
+        return self._bounded_host(_host_of(url))
+
+    def _bounded_host(self, host: str) -> Tally:
         if host not in self.by_host and len(self.by_host) >= MAX_HOSTS:
             host = OTHER_HOSTS
         return self.by_host.setdefault(host, Tally())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "total": dataclasses.asdict(self.total),
+            "by_ecosystem": {e.value: dataclasses.asdict(t) for e, t in self.by_ecosystem.items()},
+            "by_host": {h: dataclasses.asdict(t) for h, t in self.by_host.items()},
+            "by_user": {u: dataclasses.asdict(t) for u, t in self.by_user.items()},
+            "misses": [dataclasses.astuple(recent) for recent in self.misses],
+            "errors": [dataclasses.astuple(recent) for recent in self.errors],
+            "passthrough": self.passthrough,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Activity:
+        """What `to_json` wrote (by this version: the workers of one run share it)."""
+        return cls(
+            started=data["started"],
+            total=Tally(**data["total"]),
+            by_ecosystem={Ecosystem(e): Tally(**t) for e, t in data["by_ecosystem"].items()},
+            by_host={h: Tally(**t) for h, t in data["by_host"].items()},
+            by_user={u: Tally(**t) for u, t in data["by_user"].items()},
+            misses=deque((Recent(*r) for r in data["misses"]), maxlen=RECENT),
+            errors=deque((Recent(*r) for r in data["errors"]), maxlen=RECENT),
+            passthrough=dict(data["passthrough"]),
+        )
+
+
+def merged(activities: Iterable[Activity]) -> Activity:
+    """The activity of several processes as one: tallies added up, the latest misses and
+    errors of all, up since the earliest start."""
+    activities = list(activities)
+    total = Activity(started=min((a.started for a in activities), default=time.time()))
+    for activity in activities:
+        total.total.merge(activity.total)
+        for ecosystem, tally in activity.by_ecosystem.items():
+            _tally(total.by_ecosystem, ecosystem).merge(tally)
+        for host, tally in activity.by_host.items():
+            total._bounded_host(host).merge(tally)
+        for user, tally in activity.by_user.items():
+            _tally(total.by_user, user).merge(tally)
+        for host_port, count in activity.passthrough.items():
+            total.passthrough[host_port] = total.passthrough.get(host_port, 0) + count
+    for name in ("misses", "errors"):
+        latest = heapq.nlargest(
+            RECENT, (r for a in activities for r in getattr(a, name)), key=lambda r: r.when
+        )
+        getattr(total, name).extend(latest)
+    return total
 
 
 def _tally(tallies: dict[K, Tally], name: K) -> Tally:

@@ -83,6 +83,9 @@ class Config:
     allow_unauthenticated: bool = False
     # Client connections served at once; None derives it from the fd limit at start.
     max_connections: int | None = None
+    # Serving processes of `transcache run` (_workers); None: one per usable core. The API,
+    # `exec` and the pytest plugin always serve in their own process.
+    workers: int | None = None
     # Seconds: a client must send a whole request head within header_timeout, and may sit
     # idle between keep-alive requests for idle_timeout. A request body is cut when nothing
     # of it arrives for body_timeout, or when it arrives slower than min_body_rate bytes/s
@@ -153,6 +156,8 @@ class Config:
                 raise ConfigError(str(exc)) from exc
         if not self.shared_cache_timeout > 0 or self.shared_cache_failures < 1:
             raise ConfigError("the shared cache needs a timeout over 0 s and 1 failure or more")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("workers must be at least 1")
         if not all(0 < port < 65536 for port in self.connect_ports):
             raise ConfigError(f"connect ports must be 1 to 65535: {sorted(self.connect_ports)}")
 
@@ -344,7 +349,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """Config keyword options from a TOML file (see docs/caching.md); {} if it is absent.
 
     Keys: max_size ("10G"), offline (bool), passthrough, upstream_ca, connect_ports,
-    allow_destinations (lists), max_connections, idle_timeout, body_timeout (numbers),
+    allow_destinations (lists), max_connections, workers, idle_timeout, body_timeout (numbers),
     min_body_rate ("1K"), index_ttl (seconds), strict_client_reload (bool), upstream_proxy
     (a URL or "none"), upstream_proxy_bypass (NO_PROXY syntax), shared_cache
     ("s3://BUCKET/PREFIX" or "none"), shared_cache_timeout, shared_cache_skip (seconds),
@@ -373,8 +378,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 options["connect_ports"] = frozenset(int(v) for v in value)
             elif key == "allow_destinations":
                 options["allow_destinations"] = tuple(parse_destination(str(v)) for v in value)
-            elif key == "max_connections":
-                options["max_connections"] = int(value)
+            elif key in ("max_connections", "workers"):
+                options[key] = int(value)
             elif key in ("idle_timeout", "body_timeout"):
                 options[key] = float(value)
             elif key == "min_body_rate":

@@ -8,21 +8,26 @@ Two kinds of series:
 - state, read when scraped (`Gauges`, from the server: open connections, downloads in
   flight; from the store: the cache's bytes, limit and entries).
 
-Workers (issue 14) will report as one proxy through prometheus_client's multiprocess mode:
-the event series then live in files under PROMETHEUS_MULTIPROC_DIR (one dir per `transcache
-run`, emptied at start), the page collects them with `MultiProcessCollector`, and the state
-series stay a collector read once, by the process answering the scrape (docs/usage.md).
+The workers of `transcache run --workers N` report as one proxy through prometheus_client's
+multiprocess mode: their supervisor sets MULTIPROCESS_VARIABLE (a private dir per run, removed
+at exit) before a worker imports prometheus_client, the event series then live in files there
+(a worker that died keeps its counts), and the page sums them (`_WorkersCollector`). The
+state series stay a collector read by the worker answering the scrape, which adds up the
+others' state (`_observe`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ._access import Exchange
@@ -32,6 +37,8 @@ from ._stats import HIT_OUTCOMES
 from .cache.decide import Failure, Outcome, failure_of
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+# prometheus_client's own variable: where the processes of one proxy keep their series.
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Request durations: from a hit on a small file (a millisecond) to a large download.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 
@@ -68,6 +75,26 @@ class _StateCollector(Collector):
         for name, value in (gauges.shared or {}).items():
             what = f"shared cache {name.removeprefix('shared_').replace('_', ' ')}"
             yield CounterMetricFamily(f"transcache_{name}", what, value=value)
+
+
+class _WorkersCollector(Collector):
+    """Every worker's event series, from their files in `shared`. prometheus_client's own
+    `MultiProcessCollector` fails the scrape on the file of a worker that is creating it (it
+    is empty for an instant); such a file has no series yet and is skipped."""
+
+    def __init__(self, shared: Path) -> None:
+        self.shared = shared
+
+    def collect(self) -> Iterator[Metric]:
+        files = [str(path) for path in self.shared.glob("*.db") if _size(path) > 0]
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 class Metrics:
@@ -116,7 +143,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
-        registry.register(_StateCollector(gauges))
+        # What /metrics shows: this registry, or in a worker every worker's series.
+        self.page = registry
+        shared = os.environ.get(MULTIPROCESS_VARIABLE)
+        if shared:
+            self.page = CollectorRegistry()
+            self.page.register(_WorkersCollector(Path(shared)))
+        self.page.register(_StateCollector(gauges))
         # The labelled children of each (outcome, ecosystem), looked up once: `labels()`
         # validates and locks on every call, which every request would pay.
         self._children: dict[tuple[Outcome, Ecosystem], tuple[Any, Any, Any]] = {}
@@ -155,7 +188,7 @@ class Metrics:
 
     def render(self) -> tuple[int, bytes, bytes]:
         """The /metrics page."""
-        return 200, CONTENT_TYPE, generate_latest(self.registry)
+        return 200, CONTENT_TYPE, generate_latest(self.page)
 
 
 def byte_source(outcome: Outcome) -> str:

@@ -4,6 +4,10 @@ key while it runs, stored while it streams.
 Owned by the trio thread: the flights map, each flight's state and the eviction flag change
 only there; the worker threads this module starts (publishing a body, evicting) return
 values and touch nothing here.
+
+The flights map collapses the requests of one process; `Claims` (a lock file per key) those
+of several processes on one cache dir, the workers of `transcache run --workers N`: the first
+request of a process for a key claims it in `join`, or waits there for the process holding it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import trio
 from .. import _policy as policy
 from .._protocol import Headers, drop_connection_fields, header_value
 from ..store import BodyWriter, Counter, Entry, Store, now
+from .claims import Claims
 from .decide import Outcome, cache_status
 from .flight import Flight, FlightReader, State
 from .keys import Keyed, ecosystem_of
@@ -45,6 +50,7 @@ class Downloads:
         self._flights: dict[str, Flight] = {}
         self._evicting = False
         self.on_published: Published | None = None
+        self.claims = Claims(store.layout.tmp)
 
     def busy(self, key: str) -> bool:
         return key in self._flights
@@ -64,13 +70,28 @@ class Downloads:
         if key in self._flights:
             return None
         flight = self._flights[key] = Flight(key)
+        if self.claims.holds(key) and self.nursery is not None:
+            self.nursery.start_soon(self._release_claim, flight)
         return flight
+
+    async def _release_claim(self, flight: Flight) -> None:
+        """Keep the key claimed across processes until `flight` ends, unless a newer flight
+        of this process took the key over (it releases the claim then)."""
+        await flight.done.wait()
+        if self._flights.get(flight.key, flight) is flight:
+            self.claims.release(flight.key)
 
     async def join(self, keyed: Keyed) -> Answer | Joined:
         """Read along with the download of this key under way, if it stores this variant."""
         request = keyed.request
         flight = self._flights.get(keyed.key)
         if flight is None:
+            if self.nursery is None or self.claims.claim(keyed.key):
+                return Joined.NOTHING
+            log.info("%s: waiting for the download another process has under way", request.url)
+            if await self.claims.wait(keyed.key):
+                return Joined.AGAIN
+            log.info("%s: the other process's download is slow; fetching it too", request.url)
             return Joined.NOTHING
         if not flight.head_ready.is_set():
             log.info("%s: waiting for the download already under way", request.url)

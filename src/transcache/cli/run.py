@@ -61,6 +61,14 @@ class AccessLogFormat(StrEnum):
 def add_parsers(commands: Commands) -> None:
     run = commands.add_parser("run", help="run the proxy in the foreground")
     add_run_options(run)
+    # `run` only: `exec` and the pytest plugin serve in their own process.
+    run.add_argument(
+        "--workers",
+        type=positive(int),
+        metavar="N",
+        help="serving processes, sharing the port, the cache and the CA (default: one per "
+        "usable core; 1 serves in this process)",
+    )
     run.set_defaults(handler=_command_run)
 
 
@@ -266,9 +274,10 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from(args: argparse.Namespace) -> Config:
+def config_from(args: argparse.Namespace, workers: int | None = None) -> Config:
     """The Config that `run` (or `exec`) options and the config file they name ask for."""
     options = {
+        "workers": workers,
         "listen": args.listen,
         "ca_dir": args.ca_dir,
         "cache_dir": args.cache_dir,
@@ -376,15 +385,21 @@ async def _serve(
     """Serve `config` until SIGINT or SIGTERM; on SIGHUP, serve what `load` returns."""
     import trio
 
-    from .. import _notify
+    from .. import _notify, _workers
     from ..api import open_proxy
 
     # Signals are caught before the listening line is printed: whoever waits for that line
     # may stop us right after it.
-    # Under socket activation the service manager's sockets replace --listen.
-    listeners = _notify.trio_listeners(_notify.inherited_sockets()) or None
+    # A worker's sockets come from its supervisor; under socket activation the service
+    # manager's replace --listen.
+    inherited = _workers.worker_sockets() or _notify.inherited_sockets()
+    listeners = _notify.trio_listeners(inherited) or None
+    shared = _workers.run_dir()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async with open_proxy(config, listeners=listeners) as running:
+        async with open_proxy(config, listeners=listeners) as running, trio.open_nursery() as tasks:
+            if shared is not None:  # a worker: one view of the proxy with the others
+                tasks.start_soon(running.server.observer.share, shared)
+                tasks.start_soon(_workers.stop_with_supervisor)
             _print_start(running)
             _notify.notify("READY=1")
             async for signum in signals:
@@ -395,15 +410,21 @@ async def _serve(
                 logging.getLogger("transcache").info("%s received, stopping", name)
                 _notify.notify("STOPPING=1")
                 break
+            tasks.cancel_scope.cancel()
 
 
 def _command_run(args: argparse.Namespace) -> int:
     import trio
 
-    config = config_from(args)
+    from .._workers import supervise, usable_cores
+
+    config = config_from(args, args.workers)
     access_log = _setup_logging(args.access_log, args.access_log_format)
+    workers = config.workers or usable_cores()
     try:
-        trio.run(_serve, config, lambda: config_from(args), access_log)
+        if workers > 1:  # the supervisor re-runs this command line for each worker
+            return trio.run(supervise, config, sys.argv[1:], workers)
+        trio.run(_serve, config, lambda: config_from(args, args.workers), access_log)
     except OSError as exc:
         host, port = args.listen
         print(f"transcache: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
