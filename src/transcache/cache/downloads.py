@@ -16,7 +16,8 @@ import trio
 
 from .. import _policy as policy
 from .._protocol import Headers, drop_connection_fields, header_value
-from ..store import BodyWriter, Counter, Store, now
+from ..store import BodyWriter, Counter, Entry, Store, now
+from ..store.metadata import VaryIndex
 from .decide import Outcome, cache_status
 from .flight import Flight, FlightReader, State
 from .keys import Keyed, ecosystem_of
@@ -41,6 +42,9 @@ class Downloads:
         self.nursery: trio.Nursery | None = None  # set while the cache runs
         self._flights: dict[str, Flight] = {}
         self._evicting = False
+        # Called on the trio thread with each entry this cache published (after its body and
+        # metadata are on disk), e.g. to copy it to a second tier.
+        self.on_publish: list[Callable[[Entry], None]] = []
 
     def busy(self, key: str) -> bool:
         return key in self._flights
@@ -77,10 +81,7 @@ class Downloads:
         if flight.joinable and flight.variant == policy.variant_key(
             _vary(flight.headers), request.headers
         ):
-            try:
-                return self._reader(flight, request.headers, Outcome.COLLAPSED), Outcome.COLLAPSED
-            except FileNotFoundError:
-                pass  # published a moment ago; fetch it ourselves
+            return self._reader(flight, request.headers, Outcome.COLLAPSED), Outcome.COLLAPSED
         return Joined.NOTHING
 
     def abandon(self, flight: Flight | None) -> None:
@@ -137,7 +138,6 @@ class Downloads:
             stored,
         )
         flight.content_length = header_value(response.headers, b"content-length")
-        flight.path = str(writer.path)
         flight.url = request.url
         flight.move(State.STORING)
         fields = {
@@ -175,16 +175,20 @@ class Downloads:
         store = self.store
         assert store is not None
 
-        async def publish(complete: BodyWriter) -> None:
+        async def publish(complete: BodyWriter, tail: list[bytes]) -> None:
             finished = self.clock()
             started = fields["request_time"]
             assert isinstance(started, float)
             took = max(0.0, finished - started)
-            await store.commit(
-                complete, {**fields, "response_time": finished, "fetch_seconds": took}
+            entry = await store.commit(
+                complete,
+                {**fields, "response_time": finished, "fetch_seconds": took},
+                tail,
+                VaryIndex(flight.key, vary),
             )
-            store.write_index(flight.key, vary)
             store.count(Counter.STORED)
+            for hook in self.on_publish:
+                hook(entry)
 
         try:
             received = await flight.run(response, writer, publish)

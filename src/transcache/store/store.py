@@ -27,26 +27,25 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .blobs import Blob, BlobLedger, BodyWriter, check_blob, evict_blobs, scan
+from .blobs import Blob, BlobLedger, BodyWriter, KnownDirs, check_blob, evict_blobs, scan
 from .counters import Counter, CounterBook
 from .layout import (
     PROXY_NAME,
     Layout,
     Signature,
     TempDir,
-    make_private_dirs,
-    replace_private,
     shard_path,
     signature,
     write_private,
 )
 from .metadata import Entry, MetadataError, VaryIndex, parse_record
+from .writer import Published, Records, publish_body
 
 log = logging.getLogger("transcache.store")
 
@@ -74,6 +73,10 @@ class Store:
         # Entries in the store, for the proxy's gauges: None until `count_entries` ran, then
         # kept up to date by this process's own publishes and removals.
         self.entry_count: int | None = None
+        # Publishing: file work in one worker thread at a time (see `writer`).
+        self._records = Records(self.layout, self._tmp.path)
+        self._publishing = Records(self.layout, self._tmp.path, KnownDirs())
+        self._writer = trio.CapacityLimiter(1)
 
     @property
     def max_size(self) -> int:
@@ -167,9 +170,7 @@ class Store:
         self.write_entry(entry)
 
     def _write_record(self, key: str, data: dict[str, Any]) -> None:
-        path = self.layout.meta_path(key)
-        make_private_dirs(path.parent)
-        replace_private(self._tmp.path, path, json.dumps(data, separators=(",", ":")).encode())
+        self._records.write(key, data)
         self._memo.pop(key, None)
 
     def remove(self, key: str) -> None:
@@ -189,21 +190,37 @@ class Store:
     def begin(self) -> BodyWriter:
         return BodyWriter(self._tmp.path / f"body-{secrets.token_hex(8)}", self.layout.blobs)
 
-    async def commit(self, writer: BodyWriter, fields: Mapping[str, Any]) -> Entry:
-        """fsync and publish the body (in a worker thread), then its metadata. `fields` are
-        the entry's other fields. Raises OSError on failure."""
-        return self.publish(await trio.to_thread.run_sync(writer.finish), fields)
+    async def commit(
+        self,
+        writer: BodyWriter,
+        fields: Mapping[str, Any],
+        tail: Iterable[bytes] = (),
+        index: VaryIndex | None = None,
+    ) -> Entry:
+        """Write the body's `tail`, fsync and publish it, then its metadata (`fields`: the
+        entry's other fields) and `index` (the Vary index naming the entry): all in the
+        writer thread (`writer.publish_body`). Raises OSError on failure."""
+        published = await trio.to_thread.run_sync(
+            publish_body, writer, tail, fields, index, self._publishing, limiter=self._writer
+        )
+        if index is not None:
+            self._memo.pop(index.key, None)
+        return self._published(published)
 
     def publish(self, blob: Blob, fields: Mapping[str, Any]) -> Entry:
-        """Account for a finished body and write the metadata naming it."""
-        self.add_blob(blob)
+        """Account for a finished body and write the metadata naming it (on this thread)."""
         path = shard_path(self.layout.blobs, blob.digest)
         entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
         new = not self.layout.meta_path(entry.key).exists()
-        self.write_entry(entry)
-        if new:
+        self._records.write(entry.key, entry.to_json())
+        return self._published(Published(blob, entry, new))
+
+    def _published(self, published: Published) -> Entry:
+        self.add_blob(published.blob)
+        self._memo.pop(published.entry.key, None)
+        if published.new:
             self.entry_count = (self.entry_count or 0) + 1
-        return entry
+        return published.entry
 
     def add_blob(self, blob: Blob) -> None:
         """Account for a finished body (the owner's half of publishing it)."""
