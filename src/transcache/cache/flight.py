@@ -146,6 +146,11 @@ class Flight:
 
     # -- the body in memory --------------------------------------------------------------------
 
+    @property
+    def buffered(self) -> int:
+        """Body bytes held in memory (at most WINDOW_BYTES plus one piece)."""
+        return self._window_bytes
+
     def window_from(self, offset: int) -> bytes | None:
         """The received bytes from `offset` on, up to the end of one piece; None when they
         have left the window (they are in the temp file)."""

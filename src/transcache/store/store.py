@@ -33,19 +33,18 @@ from typing import Any
 
 import trio
 
-from .blobs import Blob, BlobLedger, BodyWriter, KnownDirs, check_blob, evict_blobs, scan
+from .blobs import Blob, BlobLedger, BodyWriter, check_blob, evict_blobs, scan
 from .counters import Counter, CounterBook
 from .layout import (
     PROXY_NAME,
     Layout,
     Signature,
     TempDir,
-    shard_path,
     signature,
     write_private,
 )
 from .metadata import Entry, MetadataError, VaryIndex, parse_record
-from .writer import Published, Records, publish_body
+from .writer import Published, Publisher, record_entry
 
 log = logging.getLogger("transcache.store")
 
@@ -73,10 +72,7 @@ class Store:
         # Entries in the store, for the proxy's gauges: None until `count_entries` ran, then
         # kept up to date by this process's own publishes and removals.
         self.entry_count: int | None = None
-        # Publishing: file work in one worker thread at a time (see `writer`).
-        self._records = Records(self.layout, self._tmp.path)
-        self._publishing = Records(self.layout, self._tmp.path, KnownDirs())
-        self._writer = trio.CapacityLimiter(1)
+        self._publisher = Publisher(self.layout, self._tmp.path)
 
     @property
     def max_size(self) -> int:
@@ -170,7 +166,7 @@ class Store:
         self.write_entry(entry)
 
     def _write_record(self, key: str, data: dict[str, Any]) -> None:
-        self._records.write(key, data)
+        self._publisher.records.write(key, data)
         self._memo.pop(key, None)
 
     def remove(self, key: str) -> None:
@@ -197,34 +193,20 @@ class Store:
         tail: Iterable[bytes] = (),
         index: VaryIndex | None = None,
     ) -> Entry:
-        """Write the body's `tail`, fsync and publish it, then its metadata (`fields`: the
-        entry's other fields) and `index` (the Vary index naming the entry): all in the
-        writer thread (`writer.publish_body`). Raises OSError on failure."""
-        published = await trio.to_thread.run_sync(
-            publish_body, writer, tail, fields, index, self._publishing, limiter=self._writer
-        )
-        if index is not None:
-            self._memo.pop(index.key, None)
-        return self._published(published)
+        """Publish the body, `tail` last, its metadata and `index` (OSError: not published)."""
+        return self._published(await self._publisher.commit(writer, fields, tail, index))
 
     def publish(self, blob: Blob, fields: Mapping[str, Any]) -> Entry:
-        """Account for a finished body and write the metadata naming it (on this thread)."""
-        path = shard_path(self.layout.blobs, blob.digest)
-        entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
-        new = not self.layout.meta_path(entry.key).exists()
-        self._records.write(entry.key, entry.to_json())
-        return self._published(Published(blob, entry, new))
+        """Account for a finished body and write the metadata naming it, on this thread."""
+        return self._published(record_entry(blob, fields, self._publisher.records))
 
     def _published(self, published: Published) -> Entry:
-        self.add_blob(published.blob)
-        self._memo.pop(published.entry.key, None)
+        self.ledger.added(published.blob)
+        for key in published.keys:
+            self._memo.pop(key, None)
         if published.new:
             self.entry_count = (self.entry_count or 0) + 1
         return published.entry
-
-    def add_blob(self, blob: Blob) -> None:
-        """Account for a finished body (the owner's half of publishing it)."""
-        self.ledger.added(blob)
 
     def touch(self, entry: Entry) -> None:
         """Mark the entry's body as recently used (LRU), at most once a minute per body:

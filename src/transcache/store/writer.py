@@ -12,11 +12,14 @@ store's owner thread applies that to the store's memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from .blobs import Blob, BodyWriter, KnownDirs
 from .layout import Layout, make_private_dirs, replace_private, shard_path
@@ -28,6 +31,7 @@ class Published:
     blob: Blob
     entry: Entry
     new: bool  # no metadata was stored under the entry's key before
+    keys: tuple[str, ...]  # the metadata written
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,42 @@ def publish_body(
     cleared meanwhile) is looked for again by the next publish."""
     try:
         writer.write_all(tail)
-        blob = writer.finish(records.dirs)
-        path = shard_path(records.layout.blobs, blob.digest)
-        entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
-        new = not records.layout.meta_path(entry.key).exists()
-        records.write(entry.key, entry.to_json())
-        if index is not None:
-            records.write(index.key, index.to_json())
+        published = record_entry(writer.finish(records.dirs), fields, records)
+        if index is None:
+            return published
+        records.write(index.key, index.to_json())
     except FileNotFoundError:
         if records.dirs is not None:
             records.dirs.forget()
         raise
-    return Published(blob, entry, new)
+    return dataclasses.replace(published, keys=(*published.keys, index.key))
+
+
+def record_entry(blob: Blob, fields: Mapping[str, Any], records: Records) -> Published:
+    """Write the metadata naming a published body (`fields`: the entry's other fields)."""
+    path = shard_path(records.layout.blobs, blob.digest)
+    entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
+    new = not records.layout.meta_path(entry.key).exists()
+    records.write(entry.key, entry.to_json())
+    return Published(blob, entry, new, (entry.key,))
+
+
+class Publisher:
+    """The store's publishing: metadata `records` for its owner thread, and `commit`, which
+    runs `publish_body` in one worker thread at a time."""
+
+    def __init__(self, layout: Layout, tmp: Path) -> None:
+        self.records = Records(layout, tmp)
+        self._threaded = Records(layout, tmp, KnownDirs())
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def commit(
+        self,
+        writer: BodyWriter,
+        fields: Mapping[str, Any],
+        tail: Iterable[bytes],
+        index: VaryIndex | None,
+    ) -> Published:
+        return await trio.to_thread.run_sync(
+            publish_body, writer, tail, fields, index, self._threaded, limiter=self._limiter
+        )
