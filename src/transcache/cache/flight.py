@@ -15,17 +15,17 @@ before the response head wait for that head instead of sending requests of their
 How the bytes move. The download task appends what the origin sends to an in-memory window
 and wakes the readers. A disk task hands the window's unwritten bytes, once there are
 BATCH_BYTES of them, to a worker thread that appends them to the temp file and hashes them;
-then `written` moves on and the written bytes leave the window. Every reader (the first
-asker and each joiner alike) reads from its own offset: from the temp file below the window
-(a joiner catching up, a client slower than the origin) and from the window above it (a
-client keeping pace gets the bytes just received, never re-read from disk). Only bytes
-already written are read from the file.
+then `written` moves on, and written bytes leave the window when it needs the room. Every
+reader (the first asker and each joiner alike) reads from its own offset: from the window
+while its bytes are there (a client keeping pace gets the bytes just received, never re-read
+from disk), from the temp file below it (a joiner catching up, a client slower than the
+origin). Only bytes already written are read from the file.
 
-Memory stays flat: the window holds at most WINDOW_BYTES, and the download waits while it
-is full. While the disk works, the window drains as batches are written, whatever the
-readers' pace; once the disk has failed (SPILLED), bytes leave the window only when every
-reader has them, so the slowest reader paces the origin and clients still get whole
-responses (nothing is published).
+Memory stays flat: the window holds at most WINDOW_BYTES (plus one piece), and the download
+waits while it is full of unwritten bytes. While the disk works, written bytes make room
+whatever the readers' pace, so a slow client never holds the download back; once the disk
+has failed (SPILLED), bytes leave the window only when every reader has them, so the slowest
+reader paces the origin and clients still get whole responses (nothing is published).
 
 A reader ends when the body has arrived (COMPLETE), not when it is written or published:
 publishing (the last batch, the fsync and renames, the metadata) runs in the store's writer
@@ -173,19 +173,25 @@ class Flight:
 
     def _trim(self) -> bool:
         """Drop from the window what no one can need any more; True when something went.
-        Bytes the file holds can go once readers can open it. Unwritten bytes stay while they
+        Bytes the file holds can go once readers can open it, when the window needs the room
+        (a client a little behind still reads from memory). Unwritten bytes stay while they
         may still be written (STORING, COMPLETE), and so does everything joiners may still
         read (STORING); after that, bytes every reader has passed go too."""
         keep_from = self.written if self._file >= 0 else 0
         if self.state not in STILL_WRITING:
             slowest = min((reader.position for reader in self.readers), default=self.received)
             keep_from = max(keep_from, slowest)
-        return self._drop_window(keep_from)
+        return self._drop_window(keep_from, 0 if self.state in TERMINAL else WINDOW_BYTES)
 
-    def _drop_window(self, keep_from: int) -> bool:
+    def _drop_window(self, keep_from: int, recent: int = 0) -> bool:
+        """Drop the pieces that end by `keep_from`, oldest first, while the window holds
+        more than `recent` bytes."""
         dropped = False
-        while self._window and self._window[0][0] + len(self._window[0][1]) <= keep_from:
-            self._window_bytes -= len(self._window.popleft()[1])
+        window = self._window
+        while (
+            window and self._window_bytes > recent and window[0][0] + len(window[0][1]) <= keep_from
+        ):
+            self._window_bytes -= len(window.popleft()[1])
             dropped = True
         return dropped
 
@@ -233,6 +239,7 @@ class Flight:
             self._window.append((self.received, chunk))
             self._window_bytes += len(chunk)
             self.received += len(chunk)
+            self._trim()
             self.notify()
             while self._window_bytes > WINDOW_BYTES:
                 await self.wait()  # for the disk, or (SPILLED) for the slowest reader
@@ -287,7 +294,8 @@ class FlightReader:
         self._flight = flight
         self._head_only = head_only
         self._fd = flight.share_file()
-        flight.readers.add(self)
+        if not head_only:  # reads nothing: must not hold the window back
+            flight.readers.add(self)
 
     def got_file(self, fd: int) -> None:
         """The flight's temp file got its first bytes: keep a descriptor of our own."""
