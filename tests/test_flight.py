@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,24 @@ async def ask(cache: Cache) -> tuple[ResponseSource, Outcome]:
     return await cache.respond(CacheRequest(b"GET", ORIGIN, PATH, []))
 
 
-def the_flight(cache: Cache) -> Flight:
+@dataclass
+class Download:
+    cache: Cache
+    origin: FakeOrigin
+    first: ResponseSource  # the first asker's answer
+    flight: Flight
+
+
+async def start_download(
+    nursery: trio.Nursery, tmp_path: Path, body: list[bytes], pace: float
+) -> Download:
+    """A cache whose origin sends `body`, one piece per `pace` seconds, and its first miss."""
+    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=body, pace=pace))
+    cache = await start(nursery, tmp_path, origin)
+    first, outcome = await ask(cache)
+    assert outcome is Outcome.MISS
     [flight] = cache.downloads.in_flight()
-    return flight
+    return Download(cache, origin, first, flight)
 
 
 async def watch_memory(flight: Flight, most: list[int]) -> None:
@@ -59,26 +75,20 @@ async def watch_memory(flight: Flight, most: list[int]) -> None:
 async def test_the_first_client_is_fed_from_memory_before_anything_is_written(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"x" * 1000, b"y" * 1000], pace=1))
-    cache = await start(nursery, tmp_path, origin)
-    source, outcome = await ask(cache)
-    flight = the_flight(cache)
-    assert outcome is Outcome.MISS
-    assert await source.read() == b"x" * 1000
-    assert flight.written == 0  # not re-read from the temp file: nothing is in it yet
-    assert await read_all(source) == b"y" * 1000
-    await cache.downloads.wait_idle()
-    assert await fetch(cache, PATH) == (b"x" * 1000 + b"y" * 1000, Outcome.HIT)
+    download = await start_download(nursery, tmp_path, [b"x" * 1000, b"y" * 1000], 1)
+    assert await download.first.read() == b"x" * 1000
+    assert download.flight.written == 0  # not re-read from the temp file: nothing is in it
+    assert await read_all(download.first) == b"y" * 1000
+    await download.cache.downloads.wait_idle()
+    assert await fetch(download.cache, PATH) == (b"x" * 1000 + b"y" * 1000, Outcome.HIT)
 
 
 async def test_a_client_slower_than_the_origin_gets_every_byte_in_bounded_memory(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     body = pieces(64)  # 16 MiB, four times the window
-    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=body, pace=0))
-    cache = await start(nursery, tmp_path, origin)
-    source, _ = await ask(cache)
-    flight = the_flight(cache)
+    download = await start_download(nursery, tmp_path, body, 0)
+    cache, source, flight = download.cache, download.first, download.flight
     most = [0]
     nursery.start_soon(watch_memory, flight, most)
     first = await source.read()
@@ -103,14 +113,12 @@ async def test_a_joiner_mid_download_gets_the_same_bytes_as_the_first_client(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     body = pieces(32)
-    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=body, pace=0.01))
-    cache = await start(nursery, tmp_path, origin)
-    first, _ = await ask(cache)
-    flight = the_flight(cache)
+    download = await start_download(nursery, tmp_path, body, 0.01)
+    first, flight = download.first, download.flight
     got = [await first.read() for _ in range(4)]
     while flight.written < BATCH_BYTES:
         await flight.wait()  # so that the joiner starts in the file
-    joiner, outcome = await ask(cache)
+    joiner, outcome = await ask(download.cache)
     assert outcome is Outcome.COLLAPSED
     results: dict[str, bytes] = {}
 
@@ -121,7 +129,7 @@ async def test_a_joiner_mid_download_gets_the_same_bytes_as_the_first_client(
         readers.start_soon(finish, "first", first, got)
         readers.start_soon(finish, "joiner", joiner, [])
     assert results["first"] == results["joiner"] == b"".join(body)
-    assert len(origin.requests) == 1
+    assert len(download.origin.requests) == 1
 
 
 async def test_a_disk_failure_mid_body_delivers_whole_responses_in_bounded_memory(
@@ -139,10 +147,8 @@ async def test_a_disk_failure_mid_body_delivers_whole_responses_in_bounded_memor
 
     monkeypatch.setattr(BodyWriter, "write_all", disk_full_after_a_batch)
     body = pieces(48)
-    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=body, pace=0))
-    cache = await start(nursery, tmp_path, origin)
-    fast, _ = await ask(cache)
-    flight = the_flight(cache)
+    download = await start_download(nursery, tmp_path, body, 0)
+    cache, fast, flight = download.cache, download.first, download.flight
     most = [0]
     nursery.start_soon(watch_memory, flight, most)
     slow, outcome = await ask(cache)
@@ -172,13 +178,10 @@ async def test_a_client_leaving_mid_download_leaves_it_running_to_publish(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     body = pieces(24)
-    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=body, pace=0.01))
-    cache = await start(nursery, tmp_path, origin)
-    source, _ = await ask(cache)
-    flight = the_flight(cache)
-    await source.read()
-    await source.aclose()
-    await cache.downloads.wait_idle()
-    assert flight.state is State.PUBLISHED
-    assert flight.buffered == 0
-    assert await fetch(cache, PATH) == (b"".join(body), Outcome.HIT)
+    download = await start_download(nursery, tmp_path, body, 0.01)
+    await download.first.read()
+    await download.first.aclose()
+    await download.cache.downloads.wait_idle()
+    assert download.flight.state is State.PUBLISHED
+    assert download.flight.buffered == 0
+    assert await fetch(download.cache, PATH) == (b"".join(body), Outcome.HIT)
