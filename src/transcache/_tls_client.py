@@ -48,8 +48,9 @@ class TLSClientStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             data = self._decrypt(limit)
-            if data is not None:
+            if data:
                 await self._flush()  # reading may have produced an answer (a key update)
+            if data is not None:
                 return data
             await self._refill()
 
@@ -70,7 +71,10 @@ class TLSClientStream(trio.abc.Stream):
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLEOFError:
-            ended = True  # the origin closed without close_notify, as many HTTPS servers do
+            # The origin closed without close_notify, as many HTTPS servers do. The alert
+            # OpenSSL queued in reply has no one to go to: sending it would fail the read.
+            ended = True
+            self._outgoing.read()
         except ssl.SSLError as exc:
             raise trio.BrokenResourceError(f"TLS failed: {exc}") from exc
         if pieces:

@@ -175,7 +175,7 @@ class Downloads:
         store = self.store
         assert store is not None
 
-        async def publish(complete: BodyWriter, tail: list[bytes]) -> None:
+        async def publish(complete: BodyWriter) -> None:
             finished = self.clock()
             started = fields["request_time"]
             assert isinstance(started, float)
@@ -183,7 +183,6 @@ class Downloads:
             entry = await store.commit(
                 complete,
                 {**fields, "response_time": finished, "fetch_seconds": took},
-                tail,
                 VaryIndex(flight.key, vary),
             )
             store.count(Counter.STORED)

@@ -87,9 +87,9 @@ BODY_ENDED = frozenset({State.COMPLETE, State.PUBLISHED, State.DELIVERED})
 # States in which bytes in memory may still go to the disk.
 STILL_WRITING = frozenset({State.PENDING, State.STORING, State.COMPLETE})
 
-# Publishes a complete body: writes its unwritten tail (the second argument), fsyncs and
-# renames; OSError when it cannot.
-Publish = Callable[[BodyWriter, list[bytes]], Awaitable[None]]
+# Publishes a complete body (its staged last bytes, the fsync and renames); OSError when it
+# cannot.
+Publish = Callable[[BodyWriter], Awaitable[None]]
 
 
 class FlightError(TranscacheError):
@@ -113,8 +113,8 @@ class Flight:
         self.written = 0  # of those, in the temp file (readable through `share_file`)
         self.error: str | None = None
         self.readers: set[FlightReader] = set()
-        # (offset, bytes) of the body not yet written, or not yet read by every reader
-        # (see the module comment); `_window_bytes` is their total size.
+        # (offset, bytes): the newest pieces of the body, the unwritten ones among them
+        # (see the module comment and `_trim`); `_window_bytes` is their total size.
         self._window: collections.deque[tuple[int, bytes]] = collections.deque()
         self._window_bytes = 0
         self._file = -1  # the flight's descriptor of the temp file, once it has bytes
@@ -271,8 +271,9 @@ class Flight:
             self.notify()
 
     async def _publish(self, writer: BodyWriter, publish: Publish) -> None:
+        writer.stage(self._unwritten())
         try:
-            await publish(writer, self._unwritten())
+            await publish(writer)
         except OSError as exc:
             log.warning("cannot publish %s: %s", self.key, exc)
             writer.abort()

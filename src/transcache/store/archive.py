@@ -279,7 +279,7 @@ def _import_body(
         writer.abort()
         raise
     if blob is not None:
-        store.ledger.added(blob)
+        store.add_blob(blob)
         result.bodies += 1
         result.bytes += size
     else:

@@ -72,6 +72,7 @@ class BodyWriter:
         self._fd = -1
         self._hash = hashlib.sha256()
         self.written = 0
+        self._staged: list[bytes] = []
 
     def _open(self) -> int:
         if self._fd < 0:
@@ -91,6 +92,11 @@ class BodyWriter:
         for piece in pieces:
             self.write(piece)
 
+    def stage(self, pieces: list[bytes]) -> None:
+        """The body's last bytes, written by `finish` (in the same worker call as the
+        fsync). Only between writes, on the thread that owns the writer."""
+        self._staged = pieces
+
     def duplicate_fd(self) -> int:
         """A descriptor of the temp file for readers (`os.pread`), theirs to close; it stays
         valid after the file is published or removed. Only between writes, on the thread
@@ -106,6 +112,8 @@ class BodyWriter:
     def finish_if(self, expected: str | None, dirs: KnownDirs | None = None) -> Blob | None:
         """Like `finish`, if the body's sha256 is `expected` (a body from an archive, checked
         against its name); otherwise discard it and return None. Raises OSError."""
+        staged, self._staged = self._staged, []
+        self.write_all(staged)
         fd = self._open()
         os.fsync(fd)
         stat = os.fstat(fd)

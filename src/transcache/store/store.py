@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -187,26 +187,26 @@ class Store:
         return BodyWriter(self._tmp.path / f"body-{secrets.token_hex(8)}", self.layout.blobs)
 
     async def commit(
-        self,
-        writer: BodyWriter,
-        fields: Mapping[str, Any],
-        tail: Iterable[bytes] = (),
-        index: VaryIndex | None = None,
+        self, writer: BodyWriter, fields: Mapping[str, Any], index: VaryIndex | None = None
     ) -> Entry:
-        """Publish the body, `tail` last, its metadata and `index` (OSError: not published)."""
-        return self._published(await self._publisher.commit(writer, fields, tail, index))
+        """Publish the body, its metadata and `index` in the writer thread (see `writer`)."""
+        return self._published(await self._publisher.commit(writer, fields, index))
 
     def publish(self, blob: Blob, fields: Mapping[str, Any]) -> Entry:
         """Account for a finished body and write the metadata naming it, on this thread."""
         return self._published(record_entry(blob, fields, self._publisher.records))
 
     def _published(self, published: Published) -> Entry:
-        self.ledger.added(published.blob)
+        self.add_blob(published.blob)
         for key in published.keys:
             self._memo.pop(key, None)
         if published.new:
             self.entry_count = (self.entry_count or 0) + 1
         return published.entry
+
+    def add_blob(self, blob: Blob) -> None:
+        """Account for a finished body (the owner's half of publishing it)."""
+        self.ledger.added(blob)
 
     def touch(self, entry: Entry) -> None:
         """Mark the entry's body as recently used (LRU), at most once a minute per body:

@@ -1,6 +1,7 @@
 """Publishing a downloaded body, in the store's writer thread.
 
-Everything a publish does to files happens here, in one call: append the body's last bytes,
+Everything a publish does to files happens here, in one call: append the body's last bytes
+(`BodyWriter.stage`),
 fsync, rename the body to its blob path, write the metadata naming it and, for a response
 that varies, the Vary index naming that. `Store.commit` runs it in one worker at a time (its
 writer limiter), so publishes never compete for the disk or for the event loop, and the
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,12 @@ class Records:
 
 
 def publish_body(
-    writer: BodyWriter,
-    tail: Iterable[bytes],
-    fields: Mapping[str, Any],
-    index: VaryIndex | None,
-    records: Records,
+    writer: BodyWriter, fields: Mapping[str, Any], index: VaryIndex | None, records: Records
 ) -> Published:
-    """Write `tail`, then publish the body and its metadata (`fields`: the entry's other
-    fields) and `index`. Raises OSError; a shard directory that vanished (the cache was
-    cleared meanwhile) is looked for again by the next publish."""
+    """Publish the body (its staged bytes written first), its metadata (`fields`: the
+    entry's other fields) and `index`. Raises OSError; a shard directory that vanished (the
+    cache was cleared meanwhile) is looked for again by the next publish."""
     try:
-        writer.write_all(tail)
         published = record_entry(writer.finish(records.dirs), fields, records)
         if index is None:
             return published
@@ -94,12 +90,8 @@ class Publisher:
         self._limiter = trio.CapacityLimiter(1)
 
     async def commit(
-        self,
-        writer: BodyWriter,
-        fields: Mapping[str, Any],
-        tail: Iterable[bytes],
-        index: VaryIndex | None,
+        self, writer: BodyWriter, fields: Mapping[str, Any], index: VaryIndex | None
     ) -> Published:
         return await trio.to_thread.run_sync(
-            publish_body, writer, tail, fields, index, self._threaded, limiter=self._limiter
+            publish_body, writer, fields, index, self._threaded, limiter=self._limiter
         )
