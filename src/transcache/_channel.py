@@ -15,14 +15,17 @@ READ_SIZE = 256 * 1024
 class Channel:
     """Reads events from, and writes events to, one HTTP/1.1 connection."""
 
-    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, conn: h11.Connection, read_size: int = READ_SIZE
+    ) -> None:
         self.stream = stream
         self.conn = conn
+        self.read_size = read_size
         self._pending: list[bytes] = []
 
     async def receive_into_buffer(self) -> None:
         """Read once from the transport into h11's buffer (b"" marks end of stream)."""
-        data = await self.stream.receive_some(READ_SIZE)
+        data = await self.stream.receive_some(self.read_size)
         # h11 appends to a bytearray, so a bytearray from the transport needs no copy.
         self.conn.receive_data(cast(bytes, data))
 

@@ -51,6 +51,7 @@ from ._errors import (
 from ._parent import ParentProxy
 from ._protocol import Headers, Origin
 from ._reach import IPAddress, address_refusal
+from ._tls_client import RECEIVE_SIZE, TLSClientStream
 
 BodyReader = Callable[[], Awaitable[bytes]]
 # One getaddrinfo result: (family, type, proto, canonname, sockaddr).
@@ -207,7 +208,8 @@ class _Connection:
         self.origin = origin
         # Set for an http origin reached through a parent: requests go in absolute form.
         self.parent = parent
-        self.channel = Channel(stream, h11.Connection(h11.CLIENT))
+        # Large reads: a body arrives in a few big pieces, not one per TLS record.
+        self.channel = Channel(stream, h11.Connection(h11.CLIENT), RECEIVE_SIZE)
         self.idle_since = trio.current_time()
 
     @property
@@ -360,9 +362,7 @@ class UpstreamPool:
             return _Connection(origin, await self._open_parent(origin, parent), parent)
         stream: trio.abc.Stream = await self.open_tcp(origin)
         if origin.scheme == "https":
-            tls = trio.SSLStream(
-                stream, self._ssl_context, server_hostname=origin.host, https_compatible=True
-            )
+            tls = TLSClientStream(stream, self._ssl_context, origin.host)
             try:
                 with (
                     translate_errors(origin, parent),

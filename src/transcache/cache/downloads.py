@@ -21,6 +21,7 @@ import trio
 from .. import _policy as policy
 from .._protocol import Headers, drop_connection_fields, header_value
 from ..store import BodyWriter, Counter, Entry, Store, now
+from ..store.metadata import VaryIndex
 from .claims import Claims
 from .decide import Outcome, cache_status
 from .flight import Flight, FlightReader, State
@@ -49,8 +50,10 @@ class Downloads:
         self.nursery: trio.Nursery | None = None  # set while the cache runs
         self._flights: dict[str, Flight] = {}
         self._evicting = False
-        self.on_published: Published | None = None
         self.claims = Claims(store.layout.tmp)
+        # Called on the trio thread with each entry published from a request without
+        # credentials (after its body and metadata are on disk): the shared tier's uploads.
+        self.on_publish: list[Published] = []
 
     def busy(self, key: str) -> bool:
         return key in self._flights
@@ -102,10 +105,7 @@ class Downloads:
         if flight.joinable and flight.variant == policy.variant_key(
             _vary(flight.headers), request.headers
         ):
-            try:
-                return self._reader(flight, request.headers, Outcome.COLLAPSED), Outcome.COLLAPSED
-            except FileNotFoundError:
-                pass  # published a moment ago; fetch it ourselves
+            return self._reader(flight, request.headers, Outcome.COLLAPSED), Outcome.COLLAPSED
         return Joined.NOTHING
 
     def abandon(self, flight: Flight | None) -> None:
@@ -162,7 +162,6 @@ class Downloads:
             stored,
         )
         flight.content_length = header_value(response.headers, b"content-length")
-        flight.path = str(writer.path)
         flight.url = request.url
         flight.move(State.STORING)
         fields = {
@@ -176,9 +175,7 @@ class Downloads:
             "ecosystem": ecosystem_of(request),
         }
         shareable = not policy.credential_partition(request.headers, None)
-        self.nursery.start_soon(
-            self._download_and_tell, flight, response, writer, fields, shareable
-        )
+        self.nursery.start_soon(self._download, flight, response, writer, fields, shareable)
         reader = self._reader(flight, request.headers, Outcome.MISS, head_only=keyed.head_only)
         return reader, Outcome.MISS
 
@@ -192,7 +189,7 @@ class Downloads:
         headers += [(b"Age", b"0"), (b"Cache-Status", status)]
         return FlightReader(flight, headers, head_only)
 
-    async def _download_and_tell(
+    async def _download(
         self,
         flight: Flight,
         response: UpstreamAnswer,
@@ -200,35 +197,24 @@ class Downloads:
         fields: dict[str, object],
         shareable: bool,
     ) -> None:
-        """The download, then the post-publish hook (`on_published`)."""
-        vary = _vary(flight.headers)
-        await self._download(flight, response, writer, fields, vary)
-        if shareable and flight.state is State.PUBLISHED and self.on_published is not None:
-            entry = self.store.get(str(fields["key"]))
-            if entry is not None:
-                self.on_published(entry, flight.key, vary)
-
-    async def _download(
-        self,
-        flight: Flight,
-        response: UpstreamAnswer,
-        writer: BodyWriter,
-        fields: dict[str, object],
-        vary: tuple[str, ...],
-    ) -> None:
         store = self.store
         assert store is not None
+        vary = _vary(flight.headers)
 
         async def publish(complete: BodyWriter) -> None:
             finished = self.clock()
             started = fields["request_time"]
             assert isinstance(started, float)
             took = max(0.0, finished - started)
-            await store.commit(
-                complete, {**fields, "response_time": finished, "fetch_seconds": took}
+            entry = await store.commit(
+                complete,
+                {**fields, "response_time": finished, "fetch_seconds": took},
+                VaryIndex(flight.key, vary),
             )
-            store.write_index(flight.key, vary)
             store.count(Counter.STORED)
+            if shareable:
+                for hook in self.on_publish:
+                    hook(entry, flight.key, vary)
 
         try:
             received = await flight.run(response, writer, publish)

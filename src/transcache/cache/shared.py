@@ -30,7 +30,7 @@ class SharedReader:
         self._cache = cache
         self._downloads = cache.downloads
         self._clock = clock
-        self._downloads.on_published = tier.share
+        self._downloads.on_publish.append(tier.share)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The tier's uploads, until cancelled; then its connections are closed."""

@@ -7,12 +7,13 @@ hit) and runs while the proxy serves.
 
 Thread ownership. Everything in this module except `BlobLedger` touches only files and
 returns what it found (a `Blob`, a `Signature`, an `Eviction`); it may run in any thread, and
-the proxy runs the slow parts (fsync, hashing a large body, an eviction scan) in trio worker
-threads. A `BodyWriter` is used by one thread at a time: the trio thread writes, a worker
-finishes. The in-memory facts about blobs, `BlobLedger` (the bytes stored, and which blob
-files this process has hashed), belong to the store's owner thread (the trio thread in the
-proxy, the only thread in the CLI): they change only there, from the values the workers
-returned. So there is no lock, and no count is lost to two threads adding at once.
+the proxy runs the slow parts (writing and hashing a body, fsync, an eviction scan) in trio
+worker threads. A `BodyWriter` is used by one thread at a time: worker threads write its
+batches and finish it, one after the other; `KnownDirs` by one publish at a time. The
+in-memory facts about blobs, `BlobLedger` (the bytes stored, and which blob files this
+process has hashed), belong to the store's owner thread (the trio thread in the proxy, the
+only thread in the CLI): they change only there, from the values the workers returned. So
+there is no lock, and no count is lost to two threads adding at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ HASH_CHUNK = 1024 * 1024
 EVICT_TO = 0.9
 # Verification results remembered per body before the memory is cleared (then re-hashed).
 VERIFIED_ENTRIES = 100_000
+# Shard directories remembered as existing (two levels of 256: all of them fit).
+KNOWN_DIRS = 2 * 256 * 256
 
 
 @dataclass(frozen=True)
@@ -59,42 +62,69 @@ class Eviction:
 
 
 class BodyWriter:
-    """A body being stored: appended to a temp file and hashed as it streams."""
+    """A body being stored: appended to a temp file and hashed as it streams. The file is
+    created by the first write (or by `finish`), so starting a body costs no file system call
+    on the thread that starts it."""
 
     def __init__(self, path: Path, blobs: Path) -> None:
         self.path = path
         self._blobs = blobs
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._fd = -1
         self._hash = hashlib.sha256()
         self.written = 0
+        self._staged: list[bytes] = []
+
+    def _open(self) -> int:
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        return self._fd
 
     def write(self, data: bytes | memoryview) -> None:
+        fd = self._open()
         view = memoryview(data)
         while view:
-            count = os.write(self._fd, view)
+            count = os.write(fd, view)
             self._hash.update(view[:count])
             self.written += count
             view = view[count:]
 
-    def finish(self) -> Blob:
+    def write_all(self, pieces: Iterable[bytes]) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def stage(self, pieces: list[bytes]) -> None:
+        """The body's last bytes, written by `finish` (in the same worker call as the
+        fsync). Only between writes, on the thread that owns the writer."""
+        self._staged = pieces
+
+    def duplicate_fd(self) -> int:
+        """A descriptor of the temp file for readers (`os.pread`), theirs to close; it stays
+        valid after the file is published or removed. Only between writes, on the thread
+        that owns the writer. -1 before the first write."""
+        return os.dup(self._fd) if self._fd >= 0 else -1
+
+    def finish(self, dirs: KnownDirs | None = None) -> Blob:
         """fsync the body and publish it as the blob named by its digest. Raises OSError."""
-        blob = self.finish_if(None)
+        blob = self.finish_if(None, dirs)
         assert blob is not None
         return blob
 
-    def finish_if(self, expected: str | None) -> Blob | None:
+    def finish_if(self, expected: str | None, dirs: KnownDirs | None = None) -> Blob | None:
         """Like `finish`, if the body's sha256 is `expected` (a body from an archive, checked
         against its name); otherwise discard it and return None. Raises OSError."""
-        os.fsync(self._fd)
-        stat = os.fstat(self._fd)
-        os.close(self._fd)
+        staged, self._staged = self._staged, []
+        self.write_all(staged)
+        fd = self._open()
+        os.fsync(fd)
+        stat = os.fstat(fd)
+        os.close(fd)
         self._fd = -1
         digest = self._hash.hexdigest()
         if expected is not None and digest != expected:
             self.abort()
             return None
         path = shard_path(self._blobs, digest)
-        make_private_dirs(path.parent)
+        (dirs or KnownDirs()).make(path.parent)
         if _publish_new(self.path, path):
             return Blob(digest, self.written, signature(stat))
         os.utime(path)  # the same bytes were stored already (maybe a moment ago, by a twin)
@@ -106,6 +136,26 @@ class BodyWriter:
             self._fd = -1
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+class KnownDirs:
+    """Shard directories known to exist, so that publishing does not look for them every
+    time. Used by one publish at a time (the store's writer thread). Eviction removes blobs,
+    never shard directories, so a directory once seen stays; if one is removed anyway (a
+    cleared cache), the rename fails with ENOENT and `forget` makes the next publish look."""
+
+    def __init__(self) -> None:
+        self._seen: set[Path] = set()
+
+    def make(self, path: Path) -> None:
+        if path not in self._seen:
+            make_private_dirs(path)
+            if len(self._seen) > KNOWN_DIRS:
+                self._seen.clear()
+            self._seen.add(path)
+
+    def forget(self) -> None:
+        self._seen.clear()
 
 
 def _publish_new(temp: Path, path: Path) -> bool:

@@ -40,13 +40,11 @@ from .layout import (
     Layout,
     Signature,
     TempDir,
-    make_private_dirs,
-    replace_private,
-    shard_path,
     signature,
     write_private,
 )
 from .metadata import Entry, MetadataError, VaryIndex, parse_record
+from .writer import Published, Publisher, record_entry
 
 log = logging.getLogger("transcache.store")
 
@@ -74,6 +72,7 @@ class Store:
         # Entries in the store, for the proxy's gauges: None until `count_entries` ran, then
         # kept up to date by this process's own publishes and removals.
         self.entry_count: int | None = None
+        self._publisher = Publisher(self.layout, self._tmp.path)
 
     @property
     def max_size(self) -> int:
@@ -167,9 +166,7 @@ class Store:
         self.write_entry(entry)
 
     def _write_record(self, key: str, data: dict[str, Any]) -> None:
-        path = self.layout.meta_path(key)
-        make_private_dirs(path.parent)
-        replace_private(self._tmp.path, path, json.dumps(data, separators=(",", ":")).encode())
+        self._publisher.records.write(key, data)
         self._memo.pop(key, None)
 
     def remove(self, key: str) -> None:
@@ -189,21 +186,23 @@ class Store:
     def begin(self) -> BodyWriter:
         return BodyWriter(self._tmp.path / f"body-{secrets.token_hex(8)}", self.layout.blobs)
 
-    async def commit(self, writer: BodyWriter, fields: Mapping[str, Any]) -> Entry:
-        """fsync and publish the body (in a worker thread), then its metadata. `fields` are
-        the entry's other fields. Raises OSError on failure."""
-        return self.publish(await trio.to_thread.run_sync(writer.finish), fields)
+    async def commit(
+        self, writer: BodyWriter, fields: Mapping[str, Any], index: VaryIndex | None = None
+    ) -> Entry:
+        """Publish the body, its metadata and `index` in the writer thread (see `writer`)."""
+        return self._published(await self._publisher.commit(writer, fields, index))
 
     def publish(self, blob: Blob, fields: Mapping[str, Any]) -> Entry:
-        """Account for a finished body and write the metadata naming it."""
-        self.add_blob(blob)
-        path = shard_path(self.layout.blobs, blob.digest)
-        entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
-        new = not self.layout.meta_path(entry.key).exists()
-        self.write_entry(entry)
-        if new:
+        """Account for a finished body and write the metadata naming it, on this thread."""
+        return self._published(record_entry(blob, fields, self._publisher.records))
+
+    def _published(self, published: Published) -> Entry:
+        self.add_blob(published.blob)
+        for key in published.keys:
+            self._memo.pop(key, None)
+        if published.new:
             self.entry_count = (self.entry_count or 0) + 1
-        return entry
+        return published.entry
 
     def add_blob(self, blob: Blob) -> None:
         """Account for a finished body (the owner's half of publishing it)."""

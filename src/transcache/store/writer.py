@@ -1,0 +1,97 @@
+"""Publishing a downloaded body, in the store's writer thread.
+
+Everything a publish does to files happens here, in one call: append the body's last bytes
+(`BodyWriter.stage`),
+fsync, rename the body to its blob path, write the metadata naming it and, for a response
+that varies, the Vary index naming that. `Store.commit` runs it in one worker at a time (its
+writer limiter), so publishes never compete for the disk or for the event loop, and the
+`KnownDirs` memo, used only here, needs no lock. When another process clears the cache, the
+first publish after it fails (a pass-through, as for any storage error) and the memo is
+forgotten. It returns what it did (`Published`); the
+store's owner thread applies that to the store's memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .blobs import Blob, BodyWriter, KnownDirs
+from .layout import Layout, make_private_dirs, replace_private, shard_path
+from .metadata import Entry, VaryIndex
+
+
+@dataclass(frozen=True)
+class Published:
+    blob: Blob
+    entry: Entry
+    new: bool  # no metadata was stored under the entry's key before
+    keys: tuple[str, ...]  # the metadata written
+
+
+@dataclass(frozen=True)
+class Records:
+    """Where metadata is written: the store's layout and temp dir, and, for the writer
+    thread's own use, the shard directories known to exist (None: look every time)."""
+
+    layout: Layout
+    tmp: Path
+    dirs: KnownDirs | None = None
+
+    def write(self, key: str, data: Mapping[str, Any]) -> None:
+        path = self.layout.meta_path(key)
+        if self.dirs is None:
+            make_private_dirs(path.parent)
+        else:
+            self.dirs.make(path.parent)
+        replace_private(self.tmp, path, json.dumps(data, separators=(",", ":")).encode())
+
+
+def publish_body(
+    writer: BodyWriter, fields: Mapping[str, Any], index: VaryIndex | None, records: Records
+) -> Published:
+    """Publish the body (its staged bytes written first), its metadata (`fields`: the
+    entry's other fields) and `index`. Raises OSError; a shard directory that vanished (the
+    cache was cleared meanwhile) is looked for again by the next publish."""
+    try:
+        published = record_entry(writer.finish(records.dirs), fields, records)
+        if index is None:
+            return published
+        records.write(index.key, index.to_json())
+    except FileNotFoundError:
+        if records.dirs is not None:
+            records.dirs.forget()
+        raise
+    return dataclasses.replace(published, keys=(*published.keys, index.key))
+
+
+def record_entry(blob: Blob, fields: Mapping[str, Any], records: Records) -> Published:
+    """Write the metadata naming a published body (`fields`: the entry's other fields)."""
+    path = shard_path(records.layout.blobs, blob.digest)
+    entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
+    new = not records.layout.meta_path(entry.key).exists()
+    records.write(entry.key, entry.to_json())
+    return Published(blob, entry, new, (entry.key,))
+
+
+class Publisher:
+    """The store's publishing: metadata `records` for its owner thread, and `commit`, which
+    runs `publish_body` in one worker thread at a time."""
+
+    def __init__(self, layout: Layout, tmp: Path) -> None:
+        self.records = Records(layout, tmp)
+        self._threaded = Records(layout, tmp, KnownDirs())
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def commit(
+        self, writer: BodyWriter, fields: Mapping[str, Any], index: VaryIndex | None
+    ) -> Published:
+        return await trio.to_thread.run_sync(
+            publish_body, writer, fields, index, self._threaded, limiter=self._limiter
+        )
