@@ -42,6 +42,17 @@ def selects(wanted: set[str], key: str) -> bool:
     return not wanted or key.upper() in wanted or group(key).upper() in wanted
 
 
+def add_transcache_option(parser: argparse.ArgumentParser) -> None:
+    """--transcache-option, for `benchmarks/run` and `python -m benchmarks.soak`."""
+    parser.add_argument(
+        "--transcache-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="one more `transcache run` option (repeatable), e.g. --transcache-option=--workers=2",
+    )
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="benchmarks/run",
@@ -85,13 +96,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="REF",
         help="run transcache as of this commit (default: the working tree)",
     )
-    parser.add_argument(
-        "--transcache-option",
-        action="append",
-        default=[],
-        metavar="OPTION",
-        help="one more `transcache run` option (repeatable), e.g. --transcache-option=--workers=2",
-    )
+    add_transcache_option(parser)
     parser.add_argument(
         "--soak-minutes",
         type=float,

@@ -49,6 +49,7 @@ from transcache._upstream import MAX_IDLE_PER_ORIGIN
 
 from . import data, procs
 from .data import Content
+from .options import add_transcache_option
 from .peers import Peer, Transcache
 from .report import Column, Table
 from .upstream import NAMES, Upstream
@@ -439,13 +440,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0, help="how long (default 10)")
     parser.add_argument("--clients", type=int, default=CLIENTS, help=f"default {CLIENTS}")
-    parser.add_argument(
-        "--transcache-option",
-        action="append",
-        default=[],
-        metavar="OPTION",
-        help="one more `transcache run` option (repeatable), e.g. --transcache-option=--workers=2",
-    )
+    add_transcache_option(parser)
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     try:
