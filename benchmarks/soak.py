@@ -206,13 +206,16 @@ class Soak:
         home = Path(tempfile.mkdtemp(dir=self.scratch))
         try:
             url = self.upstream.url(GIT_HOST, self.content.package_path)
-            subprocess.run(
+            done = subprocess.run(
                 ["git", "clone", "--quiet", "--bare", url, str(home / "clone")],
                 env=client_env(self.proxy, home),
                 capture_output=True,
+                text=True,
                 timeout=TIMEOUT,
-                check=True,
+                check=False,
             )
+            if done.returncode != 0:
+                raise RuntimeError(f"git clone exited {done.returncode}: {done.stderr.strip()}")
         finally:
             shutil.rmtree(home, ignore_errors=True)
 
