@@ -347,7 +347,8 @@ class Report:
         """(what, measured, passed) for each pass condition."""
         errors = self.tally.failed.total()
         growth = self.stopped.rss / self.reference.rss - 1 if self.reference.rss else 0.0
-        pool_cap = MAX_IDLE_PER_ORIGIN * 2  # files.test and git.test
+        # files.test and git.test, in each process (workers have a pool each)
+        pool_cap = MAX_IDLE_PER_ORIGIN * 2 * self.settled.processes
         tasks = f"{self.idle.tasks} idle, {self.settled.tasks} after"
         return [
             ("no action failed", f"{errors} of {self.tally.done.total() + errors}", errors == 0),
