@@ -15,8 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, workloads
-from .options import ALL_PEERS, DEFAULT_REPEATS, SMOKE_PEERS, WORKLOAD_KEYS, parse_args, selects
+from . import data, replay, soak, workloads
+from .options import (
+    ALL_PEERS,
+    DEFAULT_REPEATS,
+    QUICK_SOAK_MINUTES,
+    SMOKE_PEERS,
+    SMOKE_SOAK_MINUTES,
+    SOAK_MINUTES,
+    WORKLOAD_KEYS,
+    parse_args,
+    selects,
+)
 from .peers import PEERS, Peer, Transcache
 from .report import Column, Table, document
 from .upstream import Upstream
@@ -139,6 +149,8 @@ WORKLOADS: list[Workload] = [
         ),
         _ignore_repeat(workloads.w6_memory),
     ),
+    Workload("W7", replay.w7_table, _ignore_repeat(replay.w7_replay)),
+    Workload("W8", soak.w8_table, _ignore_repeat(soak.w8_soak)),
 ]
 
 # --workloads is checked (and documented) against options.WORKLOAD_KEYS: they must agree.
@@ -169,7 +181,7 @@ def machine_description() -> str:
         "mitmproxy": _version([str(MITM_VENV / "bin" / "mitmdump"), "--version"]),
         "curl": _version(["curl", "--version"]),
         "git": _version(["git", "--version"]),
-        "uv": _version([str(Path(sys.executable).parent / "uv"), "--version"]),
+        "uv": _version([str(workloads.UV), "--version"]),
         "pip": _version([sys.executable, "-m", "pip", "--version"]).split(" from ")[0],
     }
     return (
@@ -242,7 +254,10 @@ def main(argv: list[str]) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="transcache-bench-"))
     scratch.chmod(0o755)  # squid's and nginx's workers read configs and certificates here
     upstream = Upstream.create(scratch / "upstream", content, args.slow)
-    run = Run(upstream, content, scratch, repeats)
+    soak_minutes = args.soak_minutes or (
+        SMOKE_SOAK_MINUTES if args.smoke else QUICK_SOAK_MINUTES if args.quick else SOAK_MINUTES
+    )
+    run = Run(upstream, content, scratch, repeats, soak_minutes)
     peers: list[Peer] = []
     tables: list[Table] = []
     try:
@@ -252,6 +267,7 @@ def main(argv: list[str]) -> int:
             if isinstance(peers[-1], Transcache):
                 if args.transcache_ref:
                     peers[-1].source = _export_source(args.transcache_ref, scratch)
+                peers[-1].options = args.transcache_option
                 if args.profile:
                     peers[-1].profile_dir = profile_dir
             peers[-1].start()

@@ -3,7 +3,9 @@
 - `wheels/`: the W1 requirement set (requirements.txt), fetched once with `pip download`.
 - `www-<variant>/`: the document root nginx serves: a PEP 503 index with PEP 658 `.metadata`
   files under `simple/` and `files/`, one large incompressible file under `big/`, small pages
-  under `pages/`, and a bare git repository under `git/` built with `git fast-import`.
+  under `pages/`, and bare git repositories under `git/` built with `git fast-import`: a long
+  history (`repo.git`) and one installable Python project (`pkg.git`, one commit with an
+  in-tree build backend: uv and pip build it with nothing to download).
 
 Every builder is idempotent: it writes into a temporary name and renames when complete, so an
 interrupted build is redone on the next run rather than served half-made.
@@ -22,6 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.packages import in_tree_build
+
 BENCH_DIR = Path(__file__).resolve().parent
 REQUIREMENTS = BENCH_DIR / "requirements.txt"
 CACHE_ROOT = Path(
@@ -31,6 +35,8 @@ WRITE_BLOCK = 1024 * 1024
 GIT_FILES = 200  # files the generated history keeps editing
 GIT_BLOB_LINES = 48  # lines of 128 hex digits: ~6 KiB per commit, ~10 MB of pack for 3,000
 GIT_VERSION = "2"  # bump when the generated history changes
+GIT_PACKAGE = "benchpkg"  # the project in git/pkg.git (W7's git dependency)
+GIT_PACKAGE_VERSION = "1"  # bump when pkg.git's content changes
 GIT_DATE = 1_704_067_200  # 2024-01-01: fixed dates make the repository identical every time
 
 
@@ -47,6 +53,7 @@ class Dataset:
 
 FULL = Dataset("full", big_bytes=256 * 1024 * 1024, pages=2000, commits=3000, with_wheels=True)
 SMOKE = Dataset("smoke", big_bytes=4 * 1024 * 1024, pages=50, commits=20, with_wheels=False)
+SOAK = Dataset("soak", big_bytes=32 * 1024 * 1024, pages=500, commits=200, with_wheels=False)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,21 @@ class Content:
     def repo_path(self) -> str:
         return "/git/repo.git"
 
+    @property
+    def package_path(self) -> str:
+        return "/git/pkg.git"
+
+    def package_head(self) -> str:
+        """The commit pkg.git's main branch points at (the git dependency pins it)."""
+        result = subprocess.run(
+            ["git", "rev-parse", "refs/heads/main"],
+            cwd=self.git_root / "pkg.git",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip()
+
 
 def build(dataset: Dataset) -> Content:
     root = CACHE_ROOT / f"www-{dataset.variant}"
@@ -79,6 +101,7 @@ def build(dataset: Dataset) -> Content:
     _build_big_file(root / "big", dataset.big_bytes)
     _build_pages(root / "pages", dataset.pages)
     _build_repo(root / "git", dataset.commits)
+    _build_package_repo(root / "git" / "pkg.git")
     return Content(root, root / "git", dataset, requirements)
 
 
@@ -240,22 +263,43 @@ def _fast_import_stream(commits: int) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+def _package_stream() -> bytes:
+    message = b"An installable project\n"
+    lines = [
+        b"commit refs/heads/main",
+        b"committer Bench <bench@example.test> %d +0000" % GIT_DATE,
+        b"data %d" % len(message),
+        message,
+    ]
+    for path, body in in_tree_build(GIT_PACKAGE, "1.0").items():
+        lines += [b"M 644 inline " + path.encode(), b"data %d" % len(body), body]
+    return b"\n".join(lines) + b"\n"
+
+
+def _import_bare(bare: Path, stream: bytes) -> None:
+    """A bare repository at `bare` with `stream` (git fast-import) as its history."""
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(bare.parent)}
+    env["GIT_CONFIG_NOSYSTEM"] = "1"
+    subprocess.run(
+        ["git", "init", "--quiet", "--bare", "-b", "main", str(bare)], check=True, env=env
+    )
+    subprocess.run(["git", "fast-import", "--quiet"], input=stream, cwd=bare, check=True, env=env)
+    subprocess.run(["git", "gc", "--quiet"], cwd=bare, check=True, env=env)
+    subprocess.run(["git", "update-server-info"], cwd=bare, check=True, env=env)
+
+
 def _build_repo(directory: Path, commits: int) -> None:
     if _done(directory, GIT_VERSION):
         return
     tmp = _fresh_tmp(directory)
-    bare = tmp / "repo.git"
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(tmp), "GIT_CONFIG_NOSYSTEM": "1"}
-    subprocess.run(
-        ["git", "init", "--quiet", "--bare", "-b", "main", str(bare)], check=True, env=env
-    )
-    subprocess.run(
-        ["git", "fast-import", "--quiet"],
-        input=_fast_import_stream(commits),
-        cwd=bare,
-        check=True,
-        env=env,
-    )
-    subprocess.run(["git", "gc", "--quiet"], cwd=bare, check=True, env=env)
-    subprocess.run(["git", "update-server-info"], cwd=bare, check=True, env=env)
+    _import_bare(tmp / "repo.git", _fast_import_stream(commits))
     _publish(tmp, directory, GIT_VERSION)
+
+
+def _build_package_repo(bare: Path) -> None:
+    """pkg.git inside the published git/ directory (rebuilt with it: `_build_repo` first)."""
+    if _done(bare, GIT_PACKAGE_VERSION):
+        return
+    tmp = _fresh_tmp(bare)
+    _import_bare(tmp, _package_stream())
+    _publish(tmp, bare, GIT_PACKAGE_VERSION)

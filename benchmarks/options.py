@@ -15,7 +15,9 @@ SMOKE_PEERS = ["direct", "transcache"]
 SLOW_DELAY_MS = 10  # each way: about 20 ms per round trip
 SLOW_RATE_MIB = 10  # nginx limit_rate per connection, MiB/s
 # Every workload's table. --workloads takes these, or a group without its letter (W3: W3a, W3b).
-WORKLOAD_KEYS = ("W1a", "W1b", "W2", "W3a", "W3b", "W4", "W5", "W6")
+WORKLOAD_KEYS = ("W1a", "W1b", "W2", "W3a", "W3b", "W4", "W5", "W6", "W7", "W8")
+# W8, the soak: minutes by default, with --quick, with --smoke.
+SOAK_MINUTES, QUICK_SOAK_MINUTES, SMOKE_SOAK_MINUTES = 10.0, 2.0, 1 / 3
 
 
 def group(key: str) -> str:
@@ -38,6 +40,17 @@ def workload_names(text: str) -> set[str]:
 def selects(wanted: set[str], key: str) -> bool:
     """Whether --workloads (`wanted`, from `workload_names`; empty: all) selects `key`."""
     return not wanted or key.upper() in wanted or group(key).upper() in wanted
+
+
+def add_transcache_option(parser: argparse.ArgumentParser) -> None:
+    """--transcache-option, for `benchmarks/run` and `python -m benchmarks.soak`."""
+    parser.add_argument(
+        "--transcache-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="one more `transcache run` option (repeatable), e.g. --transcache-option=--workers=2",
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -82,6 +95,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--transcache-ref",
         metavar="REF",
         help="run transcache as of this commit (default: the working tree)",
+    )
+    add_transcache_option(parser)
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=0.0,
+        help=f"W8's length (default {SOAK_MINUTES:g}; {QUICK_SOAK_MINUTES:g} with --quick, "
+        f"{SMOKE_SOAK_MINUTES * 60:.0f} s with --smoke)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the scratch directory (logs, configs)"

@@ -102,16 +102,17 @@ class Direct(Peer):
 
 
 class Transcache(Peer):
-    """`python -m transcache run`: from the working tree, or from `source` (a `src/` exported
-    from some commit) to measure one revision against another. With `profile_dir` set, py-spy
-    samples each process it starts into `<profile_dir>/<profile_label>-<n>.svg` (a flame graph;
-    written when the process stops)."""
+    """`python -m transcache run` (with `options` added): from the working tree, or from
+    `source` (a `src/` exported from some commit) to measure one revision against another.
+    With `profile_dir` set, py-spy samples each process it starts into
+    `<profile_dir>/<profile_label>-<n>.svg` (a flame graph; written when the process stops)."""
 
     name = "transcache"
 
     def __init__(self, upstream: Upstream, workdir: Path, hosts: list[str]) -> None:
         super().__init__(upstream, workdir, hosts)
         self.source: Path | None = None
+        self.options: list[str] = []  # more `transcache run` options (--transcache-option)
         self.profile_dir: Path | None = None
         self.profile_label = "start"
         self._profiles = 0
@@ -125,6 +126,7 @@ class Transcache(Peer):
             upstream_ca=[self.upstream.ca_pem],
             resolve={(host, self.upstream.port): "127.0.0.1" for host in self.hosts},
             access_log=self.workdir / "access.log",
+            args=self.options,
         )
         env = server_environment(os.environ)
         if self.source is not None:

@@ -85,21 +85,63 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory of `root` and all its descendants (RSS summed; helpers included)."""
+def tree_pids(root: int) -> list[int]:
+    """`root` and all its descendants (a proxy's workers, squid's helpers, nginx's workers)."""
     tree = _children()
-    total = 0
+    pids: list[int] = []
     pending = [root]
     while pending:
         pid = pending.pop()
+        pids.append(pid)
         pending += tree.get(pid, [])
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
+    return pids
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of `root` and all its descendants (RSS summed; helpers included)."""
+    return sum(rss_bytes(pid) for pid in tree_pids(root))
+
+
+def socket_inodes(pid: int) -> list[int]:
+    """The inodes of a process's open sockets; `len(open_fds(pid))` counts all its fds."""
+    inodes = []
+    for fd in open_fds(pid):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.append(int(target[len("socket:[") : -1]))
+    return inodes
+
+
+def open_fds(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+
+
+def inodes_connected_to(port: int) -> set[int]:
+    """Inodes of this machine's TCP sockets whose remote end is `port` on loopback."""
+    found: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)  # the header
+            for line in lines:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    found.add(int(fields[9]))
+    return found
 
 
 class RssSampler:

@@ -4,6 +4,7 @@ value's ratio to transcache's in the same run (peer / transcache)."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TRANSCACHE = "transcache"
@@ -15,6 +16,9 @@ class Column:
     label: str
     digits: int = 1
     ratio: bool = True  # show peer / transcache next to the value
+    # A value computed from the table's medians (of this peer and others), for a peer; None
+    # when it does not apply. Such a column reads no samples of its own.
+    derive: Callable[[Table, str], float | None] | None = None
 
 
 @dataclass
@@ -65,6 +69,9 @@ class Table:
         return text + ("\n" + " ".join(notes) + "\n" if notes else "")
 
     def _cell(self, peer: str, column: Column) -> str:
+        if column.derive is not None:
+            value = column.derive(self, peer)
+            return "—" if value is None else f"{value:,.{column.digits}f}"
         value = self.median(peer, column.key)
         if value is None:
             return "—"

@@ -63,6 +63,7 @@ class Upstream:
     ca_pem: Path
     nginx_port: int = 0
     port: int = 0  # what clients use: the relay's in slow mode, else nginx's
+    floor_port: int = 0  # nginx with no added latency or rate limit (W7's floor); or nginx_port
     _nginx: subprocess.Popen[bytes] | None = None
     _fcgi: subprocess.Popen[bytes] | None = None
     _relay: subprocess.Popen[bytes] | None = None
@@ -77,6 +78,10 @@ class Upstream:
 
     def url(self, host: str, path: str) -> str:
         return f"https://{host}:{self.port}{path}"
+
+    def floor_url(self, path: str) -> str:
+        """`path` on the listener with no added latency, as a client without proxy reaches it."""
+        return f"https://127.0.0.1:{self.floor_port}{path}"
 
     def issue_cert(self, name: str, *names: str) -> tuple[Path, Path]:
         """A certificate (and key) from the upstream CA, written into the workdir."""
@@ -94,6 +99,7 @@ class Upstream:
             [FCGIWRAP, "-c", "4", "-s", f"unix:{sock}"], self.workdir / "fcgiwrap.log"
         )
         self.nginx_port = procs.free_port()
+        self.floor_port = procs.free_port() if self.slow else self.nginx_port
         conf = self.workdir / "nginx.conf"
         conf.write_text(self._config(cert, key, sock))
         self._nginx = procs.spawn(
@@ -117,10 +123,9 @@ class Upstream:
             procs.wait_listening(self.port, self._relay, self.workdir / "relay.log")
 
     def _config(self, cert: Path, key: Path, sock: Path) -> str:
-        root = self.content.root
-        rate = f"limit_rate {SLOW_RATE_MIB}m;" if self.slow else ""
-        year = 'add_header Cache-Control "public, max-age=31536000, immutable" always;'
-        short = 'add_header Cache-Control "public, max-age=600" always;'
+        servers = self._server(self.nginx_port, cert, key, sock, self.slow)
+        if self.floor_port != self.nginx_port:
+            servers += self._server(self.floor_port, cert, key, sock, slow=False)
         return f"""{nginx_common(self.workdir)}
 http {{
     include /etc/nginx/mime.types;
@@ -132,8 +137,18 @@ http {{
     tcp_nopush on;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
+{servers}
+}}
+"""
+
+    def _server(self, port: int, cert: Path, key: Path, sock: Path, slow: bool) -> str:
+        root = self.content.root
+        rate = f"limit_rate {SLOW_RATE_MIB}m;" if slow else ""
+        year = 'add_header Cache-Control "public, max-age=31536000, immutable" always;'
+        short = 'add_header Cache-Control "public, max-age=600" always;'
+        return f"""
     server {{
-        listen 127.0.0.1:{self.nginx_port} ssl;
+        listen 127.0.0.1:{port} ssl;
         server_name _;
         ssl_certificate {cert};
         ssl_certificate_key {key};
@@ -156,9 +171,7 @@ http {{
             fastcgi_param PATH_INFO $fastcgi_path_info;
             fastcgi_pass unix:{sock};
         }}
-    }}
-}}
-"""
+    }}"""
 
     def mark(self) -> int:
         """A position in the access log; pass it to `requests_since`."""

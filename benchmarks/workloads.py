@@ -1,4 +1,5 @@
-"""W1..W6 (issue 7): what each one does to a peer, and what it records.
+"""W1..W6 (issue 7): what each one does to a peer, and what it records. W7, the test-suite
+replay, is in replay.py; the soak in soak.py.
 
 A workload takes a `Run` (the upstream, the settings) and one peer, and returns `Sample`s:
 metric name -> value for one repetition. Cold means the peer was just `reset()` (empty cache,
@@ -40,6 +41,7 @@ KNOWN_HANDSHAKES = 50  # W5: handshakes to one known host per repetition
 KNOWN_HOST = f"known.{NEW_HOST_SUFFIX}"
 INDEX_HOST, FILES_HOST, GIT_HOST = NAMES
 MB = 1_000_000
+UV = Path(sys.executable).parent / "uv"  # the test extra's, next to this interpreter
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Run:
     content: Content
     scratch: Path
     repeats: int
+    soak_minutes: float = 10.0  # W8
 
     def hosts(self) -> list[str]:
         """Every `.test` name a workload will use (peers resolve each to the upstream)."""
@@ -141,7 +144,7 @@ def w1_install(tool: str) -> Callable[[Run, Peer], Sample]:
                 target = str(tmp / "target")
                 if tool == "uv":
                     command = [
-                        str(Path(sys.executable).parent / "uv"),
+                        str(UV),
                         "pip",
                         "install",
                         "--quiet",

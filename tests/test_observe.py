@@ -189,6 +189,15 @@ async def test_stats_page_has_this_proxys_counts_at_once(
     assert stats["ecosystems"]["npm"]["misses"] == 1
 
 
+async def test_stats_page_counts_the_tasks_of_open_connections(server: ProxyServer) -> None:
+    async with connected(server.handle) as reader:
+        async with connected(server.handle) as other:
+            await get(other, "/healthz")  # its connection is being served
+            with_other = json.loads((await get(reader, "/stats.json")).body)["tasks"]
+        without_other = json.loads((await get(reader, "/stats.json")).body)["tasks"]
+    assert with_other > without_other > 0
+
+
 def test_status_page_shows_downloads_in_flight_with_progress_and_recent_errors() -> None:
     activity = Activity()
     failed = Exchange("127.0.0.1:1", "GET", "http://down.test/x", status=502)
