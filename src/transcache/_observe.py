@@ -22,8 +22,6 @@ from typing import Any
 
 import trio
 
-import trio
-
 from ._access import Recorder
 from ._activity import Activity, EcosystemCounts, merged
 from ._admin import APPLICATION_JSON, AdminPage
