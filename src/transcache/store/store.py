@@ -38,7 +38,6 @@ from .counters import Counter, CounterBook
 from .layout import (
     PROXY_NAME,
     Layout,
-    Signature,
     TempDir,
     make_private_dirs,
     replace_private,
@@ -46,13 +45,13 @@ from .layout import (
     signature,
     write_private,
 )
+from .memo import RecordMemo
 from .metadata import Entry, MetadataError, VaryIndex, parse_record
 
 log = logging.getLogger("transcache.store")
 
-# Memory kept to answer hits without re-reading: parsed metadata (checked against the file's
-# stat on every use), and the bytes of small bodies (content-addressed, so never stale).
-META_MEMO_ENTRIES = 20_000
+# Memory kept to answer hits without re-reading: parsed metadata (`memo`), and the bytes of
+# small bodies (content-addressed, so never stale).
 SMALL_BODY_BYTES = 64 * 1024
 SMALL_BODIES_TOTAL = 32 * 1024 * 1024
 TOUCH_INTERVAL = 60.0
@@ -66,8 +65,7 @@ class Store:
         self._tmp = TempDir(self.layout.tmp)
         self.ledger = BlobLedger(max_size, sum(blob.size for blob in scan(self.layout.blobs)))
         self.counters = CounterBook(self.layout, self._tmp.path)
-        # key -> (its metadata file's signature, the record read from it)
-        self._memo: OrderedDict[str, tuple[Signature, Entry | VaryIndex]] = OrderedDict()
+        self._memo = RecordMemo()
         self._touched: dict[str, float] = {}
         self._small_bodies: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
@@ -113,12 +111,16 @@ class Store:
         try:
             stat = os.stat(path)
         except OSError:
-            self._memo.pop(key, None)
+            self._memo.forget(key)
             return None
-        memo = self._memo.get(key)
-        if memo is not None and memo[0] == signature(stat):
-            self._memo.move_to_end(key)
-            return memo[1]  # unchanged on disk since we last checked it whole
+        memo = self._memo.lookup(key, signature(stat))
+        if memo is not None:  # unchanged on disk since we last read or wrote it
+            if isinstance(memo.record, Entry) and not memo.checked:
+                if not body_present(memo.record):
+                    self.remove(key)
+                    return None
+                memo.checked = True
+            return memo.record
         try:
             with open(path, "rb") as f:
                 data = json.loads(f.read())
@@ -137,46 +139,35 @@ class Store:
             log.warning("cache metadata for %s has %s: removed", key, exc)
             self.remove(key)
             return None
-        if isinstance(record, Entry) and not self._body_present(record):
-            self._memo[key] = (signature(stat), record)  # so `remove` knows it was an entry
-            self.remove(key)
+        self._memo.remember(key, signature(stat), record, checked=True)
+        if isinstance(record, Entry) and not body_present(record):
+            self.remove(key)  # after `_remember`, so `remove` knows it was an entry
             return None
-        self._memo[key] = (signature(stat), record)
-        if len(self._memo) > META_MEMO_ENTRIES:
-            self._memo.popitem(last=False)
         return record
 
-    def _body_present(self, entry: Entry) -> bool:
-        try:
-            size = entry.body_path.stat().st_size
-        except OSError:
-            return False  # the body was evicted or lost
-        if size != entry.size:
-            log.warning("cached body %s has the wrong size: removed", entry.body_path)
-            return False
-        return True
-
     def write_entry(self, entry: Entry) -> None:
-        self._write_record(entry.key, entry.to_json())
+        self._write_record(entry)
 
     def write_index(self, key: str, fields: tuple[str, ...]) -> None:
-        self._write_record(key, VaryIndex(key, fields).to_json())
+        self._write_record(VaryIndex(key, fields))
 
     def update_headers(self, entry: Entry) -> None:
         """Rewrite an entry's metadata (after a 304 refreshed it)."""
         self.write_entry(entry)
 
-    def _write_record(self, key: str, data: dict[str, Any]) -> None:
-        path = self.layout.meta_path(key)
+    def _write_record(self, record: Entry | VaryIndex) -> None:
+        """Write `record` and remember it: the next lookup finds it unchanged on disk (one
+        stat) without reading it back."""
+        path = self.layout.meta_path(record.key)
         make_private_dirs(path.parent)
-        replace_private(self._tmp.path, path, json.dumps(data, separators=(",", ":")).encode())
-        self._memo.pop(key, None)
+        data = json.dumps(record.to_json(), separators=(",", ":")).encode()
+        self._memo.remember(record.key, replace_private(self._tmp.path, path, data), record)
 
     def remove(self, key: str) -> None:
-        memo = self._memo.pop(key, None)
+        forgotten = self._memo.forget(key)
         with contextlib.suppress(OSError):
             self.layout.meta_path(key).unlink()
-            if self.entry_count and memo is not None and isinstance(memo[1], Entry):
+            if self.entry_count and isinstance(forgotten, Entry):
                 self.entry_count -= 1
 
     async def count_entries(self) -> None:
@@ -206,8 +197,10 @@ class Store:
         return entry
 
     def add_blob(self, blob: Blob) -> None:
-        """Account for a finished body (the owner's half of publishing it)."""
+        """Account for a finished body (the owner's half of publishing it); it was just
+        written, so it needs no `touch` for a while."""
         self.ledger.added(blob)
+        self._touched[blob.digest] = time.monotonic()
 
     def touch(self, entry: Entry) -> None:
         """Mark the entry's body as recently used (LRU), at most once a minute per body:
@@ -308,6 +301,18 @@ class Store:
 
     def flush_counters(self) -> None:
         self.counters.flush()
+
+
+def body_present(entry: Entry) -> bool:
+    """Whether the entry's body file is there, at its size."""
+    try:
+        size = entry.body_path.stat().st_size
+    except OSError:
+        return False  # the body was evicted or lost
+    if size != entry.size:
+        log.warning("cached body %s has the wrong size: removed", entry.body_path)
+        return False
+    return True
 
 
 def count_entry_files(meta: Path) -> int:
