@@ -44,7 +44,14 @@ from .decide import (
 from .downloads import Clock, Downloads, Joined, stored_headers
 from .flight import State
 from .keys import CacheRequest, Freshness, Keyed, classify, lookup, replay
-from .sources import EntryGoneError, PassThrough, ResponseSource, StoredResponse, Upstream
+from .sources import (
+    EntryGoneError,
+    Heads,
+    PassThrough,
+    ResponseSource,
+    StoredResponse,
+    Upstream,
+)
 
 log = logging.getLogger("transcache.cache")
 
@@ -67,6 +74,7 @@ class Cache:
         self.reload(config)
         self._downloads = Downloads(store, clock) if store is not None else None
         self._refreshing: set[str] = set()  # keys revalidated in the background now
+        self._heads = Heads()
         self._nursery: trio.Nursery | None = None
 
     def reload(self, config: Config) -> None:
@@ -151,7 +159,7 @@ class Cache:
         self.store.touch(entry)
         status = cache_status(decision.outcome, rule=decision.rule)
         head = stored_head(entry, keyed.request.headers, keyed.head_only, decision.age, status)
-        return StoredResponse(head, entry, self.store)
+        return StoredResponse(head, entry, self.store, self._heads)
 
     def _stale_or_refuse(self, keyed: Keyed, entry: Entry | None, error: UpstreamError) -> Answer:
         """The origin failed while it was needed: a stale answer where allowed, else the
@@ -274,8 +282,6 @@ class Cache:
                 await answer[0].aclose()
         except ProxyError as error:
             log.info("%s: background fetch failed: %s", keyed.request.url, error)
-
-    # -- helpers -------------------------------------------------------------------------------
 
     def _upstream_headers(self, request: CacheRequest, conditional: Headers) -> Headers:
         """What a request the cache makes upstream carries: the client's headers without its
