@@ -53,6 +53,16 @@ class _Pages(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class TaskSteps(trio.abc.Instrument):
+    """Counts scheduler turns: every time a task runs until its next suspension."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
@@ -75,7 +85,7 @@ async def _curl(proxy: str, ca_path: Path, urls: list[str], tmp: Path) -> None:
     )
 
 
-async def profile(hits: int, size: int) -> cProfile.Profile:
+async def profile(hits: int, size: int, steps: TaskSteps) -> cProfile.Profile:
     ca = trustme.CA()
     origin = _origin(ca, size)
     port = origin.server_address[1]
@@ -93,14 +103,16 @@ async def profile(hits: int, size: int) -> cProfile.Profile:
         }
         async with open_proxy(**options) as proxy:
             await _curl(proxy.url, proxy.ca_path, urls, tmp)  # fill
+            trio.lowlevel.add_instrument(steps)
             profiler.enable()
             await _curl(proxy.url, proxy.ca_path, urls, tmp)
             profiler.disable()
+            trio.lowlevel.remove_instrument(steps)
     origin.shutdown()
     return profiler
 
 
-def report(profiler: cProfile.Profile, hits: int, top: int) -> None:
+def report(profiler: cProfile.Profile, steps: TaskSteps, hits: int, top: int) -> None:
     stats = pstats.Stats(profiler)
     raw = stats.stats  # type: ignore[attr-defined]
     calls = sum(entry[1] for entry in raw.values())
@@ -117,7 +129,7 @@ def report(profiler: cProfile.Profile, hits: int, top: int) -> None:
     )
     print(f"{hits} hits, per hit: {calls / hits:.0f} calls, {total / hits * 1e6:.0f} µs profiled")
     print(f"({(total - waits) / hits * 1e6:.0f} µs without socket sends and epoll waits), ")
-    print(f"{checkpoints / hits:.1f} trio checkpoints")
+    print(f"{checkpoints / hits:.1f} trio checkpoints, {steps.steps / hits:.1f} task steps")
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats("transcache", top)
 
@@ -129,10 +141,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--dump", type=Path, help="also write the raw profile (pstats) here")
     args = parser.parse_args()
-    profiler = trio.run(profile, args.hits, args.size)
+    steps = TaskSteps()
+    profiler = trio.run(profile, args.hits, args.size, steps)
     if args.dump:
         profiler.dump_stats(args.dump)
-    report(profiler, args.hits, args.top)
+    report(profiler, steps, args.hits, args.top)
 
 
 if __name__ == "__main__":

@@ -100,10 +100,11 @@ class Client:
                 if idle.cancelled_caught:
                     return None  # idle, never said anything, or made room: close quietly
                 event = channel.conn.next_event()
-                with trio.fail_after(self.config.header_timeout):
-                    while event is h11.NEED_DATA:
-                        await channel.receive_into_buffer()
-                        event = channel.conn.next_event()
+                if event is h11.NEED_DATA:  # the head came in pieces
+                    with trio.fail_after(self.config.header_timeout):
+                        while event is h11.NEED_DATA:
+                            await channel.receive_into_buffer()
+                            event = channel.conn.next_event()
         except h11.RemoteProtocolError as exc:
             error: ProxyError = (
                 HeadersTooLargeError("request head too large")
@@ -373,13 +374,15 @@ class Forwarder:
     ) -> None:
         channel = client.channel
         raw = list(request.headers.raw_items())
-        read_body = client.body_reader()
-        body: BodyReader | None = read_body
+        body: BodyReader | None = None
         if header_value(raw, b"transfer-encoding") is None and header_value(
             raw, b"content-length"
         ) in (None, b"0"):
-            body = None
-            await read_body()  # h11's EndOfMessage, already buffered
+            # No body: h11 has its EndOfMessage ready, so no read and no body timer.
+            end = channel.conn.next_event()
+            assert isinstance(end, h11.EndOfMessage), end
+        else:
+            body = client.body_reader()
         if channel.conn.they_are_waiting_for_100_continue:
             await channel.send(h11.InformationalResponse(status_code=100, headers=[]))
         cache_request = CacheRequest(request.method, origin, path, raw, body)
