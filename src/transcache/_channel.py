@@ -73,20 +73,27 @@ class Channel:
         with Content-Length framing, whose writer passes bytes through untouched)."""
         self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, data)))
 
-    async def send_file_span(self, fd: int, offset: int, count: int, buffer: bytearray) -> int:
-        """Send up to `count` body bytes of file `fd` from `offset` (nothing pending before
-        them); return how many went out. `buffer` is the caller's, reused from one call to
-        the next (unused for sendfile). FileEndedError when the file is shorter."""
+    async def send_file_span(
+        self, fd: int, offset: int, count: int, buffer: bytearray, head: bytes = b""
+    ) -> int:
+        """Send `head` (a response head h11 has seen), then up to `count` body bytes of file
+        `fd` from `offset`; return how many body bytes went out. `buffer` is the caller's,
+        reused from one call to the next (unused for sendfile); the head goes out in the same
+        write as the first bytes. FileEndedError when the file is shorter."""
         if isinstance(self.stream, trio.SocketStream):
+            if head:
+                await self.stream.send_all(head)
             sent = await _sendfile(self.stream.socket, fd, offset, min(count, SENDFILE_CHUNK))
             self.count_body(_COUNTED[:sent])
             return sent
-        view = memoryview(buffer)[: min(count, len(buffer))]
-        got = os.preadv(fd, [view], offset)
+        start = len(head)
+        buffer[:start] = head  # the same size: the buffer is not resized
+        view = memoryview(buffer)
+        got = os.preadv(fd, [view[start : start + min(count, len(buffer) - start)]], offset)
         if not got:
             raise FileEndedError(f"file body ended {count} bytes early")
-        self.count_body(view[:got])
-        await self.stream.send_all(view[:got])
+        self.count_body(view[start : start + got])
+        await self.stream.send_all(view[: start + got])
         return got
 
 

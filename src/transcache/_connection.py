@@ -204,15 +204,17 @@ class Client:
                 response.sent(len(body))
                 exchange.bytes = len(body)
                 return
-            await channel.stream.send_all(head)
-            buffer = bytearray(FILE_CHUNK) if response.length > 0 else bytearray()
+            if response.length <= 0:  # HEAD, 304, 416, an empty body
+                await channel.stream.send_all(head)
+            buffer = bytearray(FILE_CHUNK + len(head)) if response.length > 0 else bytearray()
             while response.length > 0:
                 try:
                     sent = await channel.send_file_span(
-                        response.fd, response.start, response.length, buffer
+                        response.fd, response.start, response.length, buffer, head
                     )
+                    head = b""  # sent with the first body bytes
                 except FileEndedError as error:
-                    # The head is out: the only honest signal left is an incomplete body.
+                    # An incomplete answer (the connection closes) is the only honest signal.
                     log.warning("%s: response cut off: stored body %s", exchange.url, error)
                     return
                 response.sent(sent)
