@@ -197,10 +197,8 @@ class Store:
         return entry
 
     def add_blob(self, blob: Blob) -> None:
-        """Account for a finished body (the owner's half of publishing it); it was just
-        written, so it needs no `touch` for a while."""
+        """Account for a finished body (the owner's half of publishing it)."""
         self.ledger.added(blob)
-        self._touched[blob.digest] = time.monotonic()
 
     def touch(self, entry: Entry) -> None:
         """Mark the entry's body as recently used (LRU), at most once a minute per body:
