@@ -7,6 +7,7 @@ request ends.
 
 A log record carries the exchange's fields as data (`record.access`), so the format is the
 handler's choice: the message (text), or `JsonAccessFormatter` (`--access-log-format json`).
+`transcache run` writes the lines in batches (`BatchedAccessHandler`), off the request path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +35,10 @@ UNCOUNTED_METHOD = "CONNECT"
 PROXY_MADE = frozenset({Outcome.ERROR, Outcome.OFFLINE_MISS})
 # What the text line shows for a field the exchange never got.
 NONE_FIELD = "-"
+# Access lines wait in memory for at most this long, or until this many wait, then are
+# written together.
+BATCH_SECONDS = 0.5
+BATCH_LINES = 512
 
 
 @dataclass
@@ -88,6 +94,8 @@ class AccessLog:
             self.stats.record(exchange, seconds)
         for recorder in self.recorders:
             recorder.record(exchange, seconds)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         fields = _fields(exchange, None if started is None else seconds)
         access_log.info(
             "%s %s %s %d %d %s %s %s",
@@ -132,3 +140,52 @@ class JsonAccessFormatter(logging.Formatter):
         when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         fields = getattr(record, "access", None) or {"message": record.getMessage()}
         return json.dumps({"time": when.isoformat(timespec="milliseconds"), **fields})
+
+
+class BatchedAccessHandler(logging.Handler):
+    """Writes the lines of `target` (a file or stderr handler, whose format it uses) in
+    batches: formatted as they come, written together BATCH_SECONDS after the first of them
+    (a timer thread, so the writing is off the event loop), when BATCH_LINES wait, and on
+    `flush` and `close`. A reload flushes before it reopens the file; logging flushes and
+    closes every handler when the process ends cleanly, so no line is lost then."""
+
+    def __init__(self, target: logging.StreamHandler[Any]) -> None:
+        super().__init__()
+        self.target = target
+        self._lines: list[str] = []
+        self._timer: threading.Timer | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(self.target.format(record))
+        if len(self._lines) >= BATCH_LINES:
+            self._write()
+        elif self._timer is None:
+            self._timer = threading.Timer(BATCH_SECONDS, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def close(self) -> None:
+        self.flush()
+        self.target.close()
+        super().close()
+
+    def _write(self) -> None:
+        """Write what waits (the caller holds this handler's lock)."""
+        if self._timer is not None:
+            self._timer.cancel()  # a no-op when it is the timer calling
+            self._timer = None
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        terminator = self.target.terminator
+        with self.target.lock:  # type: ignore[union-attr]
+            try:
+                self.target.stream.write(terminator.join(lines) + terminator)
+                self.target.stream.flush()
+            except (OSError, ValueError):
+                lost = logging.makeLogRecord({"msg": f"{len(lines)} access lines lost"})
+                self.handleError(lost)

@@ -22,7 +22,7 @@ import trio
 
 from ._access import AccessLog, Exchange
 from ._auth import ANONYMOUS, Identity
-from ._channel import READ_SIZE, Channel
+from ._channel import FILE_CHUNK, READ_SIZE, Channel, FileEndedError
 from ._config import Config
 from ._errors import (
     BadRequestError,
@@ -56,6 +56,9 @@ LINGER_BYTES = 4 * 1024 * 1024
 CLIENT_DONE_SENDING = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 # Error answers can still be sent while our side is in these states.
 CAN_ANSWER = frozenset({h11.IDLE, h11.SEND_RESPONSE})
+# What ends a prebuilt head: the field h11 adds when the connection ends after this answer.
+HEAD_END = b"\r\n"
+CLOSING_HEAD_END = b"Connection: close\r\n\r\n"
 
 
 class Client:
@@ -97,10 +100,11 @@ class Client:
                 if idle.cancelled_caught:
                     return None  # idle, never said anything, or made room: close quietly
                 event = channel.conn.next_event()
-                with trio.fail_after(self.config.header_timeout):
-                    while event is h11.NEED_DATA:
-                        await channel.receive_into_buffer()
-                        event = channel.conn.next_event()
+                if event is h11.NEED_DATA:  # the head came in pieces
+                    with trio.fail_after(self.config.header_timeout):
+                        while event is h11.NEED_DATA:
+                            await channel.receive_into_buffer()
+                            event = channel.conn.next_event()
         except h11.RemoteProtocolError as exc:
             error: ProxyError = (
                 HeadersTooLargeError("request head too large")
@@ -155,6 +159,9 @@ class Client:
 
     async def stream(self, exchange: Exchange, response: ResponseSource) -> None:
         """Send `response` to the client, its body one piece at a time, and close it."""
+        if isinstance(response, StoredResponse):
+            await self.stream_stored(exchange, response)
+            return
         channel = self.channel
         try:
             exchange.status = response.status
@@ -181,6 +188,61 @@ class Client:
             await channel.send(h11.EndOfMessage())
         finally:
             await response.aclose()
+
+    async def stream_stored(self, exchange: Exchange, response: StoredResponse) -> None:
+        """Send a stored answer: a small body in one write with its head, a large one in
+        large writes (sendfile to a plain client) from the file opened at lookup."""
+        channel = self.channel
+        exchange.status = response.status
+        try:
+            head = self._stored_head(response)
+            if response.small is not None:
+                body = response.small_span()
+                channel.count_body(body)
+                channel.conn.send(h11.EndOfMessage())
+                await channel.stream.send_all(head + body)
+                response.sent(len(body))
+                exchange.bytes = len(body)
+                return
+            if response.length <= 0:  # HEAD, 304, 416, an empty body
+                await channel.stream.send_all(head)
+            buffer = bytearray(FILE_CHUNK + len(head)) if response.length > 0 else bytearray()
+            while response.length > 0:
+                try:
+                    sent = await channel.send_file_span(
+                        response.fd, response.start, response.length, buffer, head
+                    )
+                    head = b""  # sent with the first body bytes
+                except FileEndedError as error:
+                    # An incomplete answer (the connection closes) is the only honest signal.
+                    log.warning("%s: response cut off: stored body %s", exchange.url, error)
+                    return
+                response.sent(sent)
+                exchange.bytes += sent
+            channel.conn.send(h11.EndOfMessage())
+        finally:
+            await response.aclose()
+
+    def _stored_head(self, response: StoredResponse) -> bytes:
+        """The head of a stored answer as bytes. A prebuilt one is sent past h11, which is
+        shown a head with only its framing (Content-Length), so it still tracks the body's
+        length and the connection's state, and says whether the connection ends after this
+        answer (it adds Connection: close): the one field the prebuilt head lacks."""
+        conn = self.channel.conn
+        if response.prebuilt is None:
+            return conn.send(
+                h11.Response(
+                    status_code=response.status,
+                    headers=response_headers_for_client(response.headers),
+                    reason=response.reason,
+                )
+            )
+        size = response.entry.size
+        framing = conn.send(
+            h11.Response(status_code=response.status, headers=[(b"Content-Length", b"%d" % size)])
+        )
+        closing = framing.endswith(b"close\r\n\r\n")
+        return response.prebuilt + (CLOSING_HEAD_END if closing else HEAD_END)
 
     async def answer(
         self,
@@ -314,13 +376,15 @@ class Forwarder:
     ) -> None:
         channel = client.channel
         raw = list(request.headers.raw_items())
-        read_body = client.body_reader()
-        body: BodyReader | None = read_body
+        body: BodyReader | None = None
         if header_value(raw, b"transfer-encoding") is None and header_value(
             raw, b"content-length"
         ) in (None, b"0"):
-            body = None
-            await read_body()  # h11's EndOfMessage, already buffered
+            # No body: h11 has its EndOfMessage ready, so no read and no body timer.
+            end = channel.conn.next_event()
+            assert isinstance(end, h11.EndOfMessage), end
+        else:
+            body = client.body_reader()
         if channel.conn.they_are_waiting_for_100_continue:
             await channel.send(h11.InformationalResponse(status_code=100, headers=[]))
         cache_request = CacheRequest(request.method, origin, path, raw, body)

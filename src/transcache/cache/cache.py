@@ -45,7 +45,14 @@ from .downloads import Clock, Downloads, Joined, stored_headers
 from .flight import State
 from .keys import CacheRequest, Freshness, Keyed, classify, lookup, replay
 from .shared import open_shared_reader
-from .sources import EntryGoneError, PassThrough, ResponseSource, StoredResponse, Upstream
+from .sources import (
+    EntryGoneError,
+    Heads,
+    PassThrough,
+    ResponseSource,
+    StoredResponse,
+    Upstream,
+)
 
 log = logging.getLogger("transcache.cache")
 
@@ -68,6 +75,7 @@ class Cache:
         self.reload(config)
         self._downloads = Downloads(store, clock) if store is not None else None
         self._refreshing: set[str] = set()  # keys revalidated in the background now
+        self._heads = Heads()
         self._nursery: trio.Nursery | None = None
         self.shared = open_shared_reader(config, self)
 
@@ -157,7 +165,7 @@ class Cache:
         self.store.touch(entry)
         status = cache_status(decision.outcome, rule=decision.rule)
         head = stored_head(entry, keyed.request.headers, keyed.head_only, decision.age, status)
-        return StoredResponse(head, entry, self.store)
+        return StoredResponse(head, entry, self.store, self._heads)
 
     def _stale_or_refuse(self, keyed: Keyed, entry: Entry | None, error: UpstreamError) -> Answer:
         """The origin failed while it was needed: a stale answer where allowed, else the
@@ -282,8 +290,6 @@ class Cache:
                 await answer[0].aclose()
         except ProxyError as error:
             log.info("%s: background fetch failed: %s", keyed.request.url, error)
-
-    # -- helpers -------------------------------------------------------------------------------
 
     async def _intact(self, answer: Answer) -> Answer:
         """`answer`, unless it comes from a stored body that is not what its digest says:

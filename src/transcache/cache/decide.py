@@ -283,17 +283,22 @@ class StoredEntry(Stored, Protocol):
 @dataclass(frozen=True)
 class StoredHead:
     """What a client gets from a stored entry: the head, and which bytes of the body
-    (`length` 0: none, for HEAD, 304 and 416)."""
+    (`length` 0: none, for HEAD, 304 and 416). `whole`: the stored response as stored (no
+    304, 206 or 416), whose head differs from one answer to the next only in its
+    `PER_ANSWER` fields, so it can be rendered once per entry."""
 
     status: int
     reason: bytes
     headers: Headers
     start: int = 0
     length: int = 0
+    whole: bool = False
 
 
 # Stored fields the answer recomputes.
 _RECOMPUTED = (b"content-length", b"age", b"accept-ranges", b"content-range")
+# The fields of a whole answer's head that change with every answer (lowercase).
+PER_ANSWER = frozenset({b"age", b"cache-status"})
 
 
 def stored_head(
@@ -318,7 +323,8 @@ def stored_head(
         return StoredHead(416, b"Range Not Satisfiable", headers)
     if span is None or entry.status != 200:
         headers = [*base, (b"Content-Length", str(entry.size).encode())]
-        return StoredHead(entry.status, entry.reason, headers, 0, 0 if head_only else entry.size)
+        length = 0 if head_only else entry.size
+        return StoredHead(entry.status, entry.reason, headers, 0, length, whole=True)
     start, end = span
     headers = [
         *base,

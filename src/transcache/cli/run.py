@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _paths
 from .._config import (
@@ -328,7 +328,7 @@ def _setup_logging(
     root.setLevel(logging.INFO)
     access = logging.getLogger("transcache.access")
     access.propagate = False
-    handler: logging.Handler = (
+    handler: logging.StreamHandler[Any] = (
         logging.FileHandler(access_log) if access_log else logging.StreamHandler(sys.stderr)
     )
     if access_format is AccessLogFormat.JSON:
@@ -337,12 +337,16 @@ def _setup_logging(
         handler.setFormatter(JsonAccessFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", TIME_FORMAT))
-    access.addHandler(handler)
+    from .._access import BatchedAccessHandler
+
+    access.addHandler(BatchedAccessHandler(handler))
     return handler if isinstance(handler, logging.FileHandler) else None
 
 
 def _reopen(handler: logging.FileHandler) -> None:
     """Write to a new file at the handler's path, as logrotate expects after moving it."""
+    for batched in logging.getLogger("transcache.access").handlers:
+        batched.flush()  # the lines logged so far go to the file that was moved
     stream = Path(handler.baseFilename).open("a", encoding=handler.encoding)
     old = handler.setStream(stream)
     if old is not None:

@@ -105,12 +105,16 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def replace_private(tmp_dir: Path, path: Path, data: bytes) -> None:
+def replace_private(tmp_dir: Path, path: Path, data: bytes) -> Signature:
     """Make `data` the content of `path` at once (temp file in `tmp_dir`, then rename):
-    readers, in this process or another, see the old file or the new one, never half."""
+    readers, in this process or another, see the old file or the new one, never half.
+    Returns the new file's signature, taken before the rename (a rename keeps it), so a
+    replacement by another process right after ours cannot be mistaken for ours."""
     tmp = tmp_dir / f"new-{secrets.token_hex(8)}"
     write_private(tmp, data)
+    written = signature(os.stat(tmp))
     os.replace(tmp, path)
+    return written
 
 
 class Layout:

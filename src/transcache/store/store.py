@@ -38,19 +38,18 @@ from .counters import Counter, CounterBook
 from .layout import (
     PROXY_NAME,
     Layout,
-    Signature,
     TempDir,
     signature,
     write_private,
 )
+from .memo import RecordMemo
 from .metadata import Entry, MetadataError, VaryIndex, parse_record
 from .writer import Published, Publisher, record_entry
 
 log = logging.getLogger("transcache.store")
 
-# Memory kept to answer hits without re-reading: parsed metadata (checked against the file's
-# stat on every use), and the bytes of small bodies (content-addressed, so never stale).
-META_MEMO_ENTRIES = 20_000
+# Memory kept to answer hits without re-reading: parsed metadata (`memo`), and the bytes of
+# small bodies (content-addressed, so never stale).
 SMALL_BODY_BYTES = 64 * 1024
 SMALL_BODIES_TOTAL = 32 * 1024 * 1024
 TOUCH_INTERVAL = 60.0
@@ -64,8 +63,7 @@ class Store:
         self._tmp = TempDir(self.layout.tmp)
         self.ledger = BlobLedger(max_size, sum(blob.size for blob in scan(self.layout.blobs)))
         self.counters = CounterBook(self.layout, self._tmp.path)
-        # key -> (its metadata file's signature, the record read from it)
-        self._memo: OrderedDict[str, tuple[Signature, Entry | VaryIndex]] = OrderedDict()
+        self._memo = RecordMemo()
         self._touched: dict[str, float] = {}
         self._small_bodies: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
@@ -112,12 +110,16 @@ class Store:
         try:
             stat = os.stat(path)
         except OSError:
-            self._memo.pop(key, None)
+            self._memo.forget(key)
             return None
-        memo = self._memo.get(key)
-        if memo is not None and memo[0] == signature(stat):
-            self._memo.move_to_end(key)
-            return memo[1]  # unchanged on disk since we last checked it whole
+        memo = self._memo.lookup(key, signature(stat))
+        if memo is not None:  # unchanged on disk since we last read or wrote it
+            if isinstance(memo.record, Entry) and not memo.checked:
+                if not body_present(memo.record):
+                    self.remove(key)
+                    return None
+                memo.checked = True
+            return memo.record
         try:
             with open(path, "rb") as f:
                 data = json.loads(f.read())
@@ -136,44 +138,33 @@ class Store:
             log.warning("cache metadata for %s has %s: removed", key, exc)
             self.remove(key)
             return None
-        if isinstance(record, Entry) and not self._body_present(record):
-            self._memo[key] = (signature(stat), record)  # so `remove` knows it was an entry
-            self.remove(key)
+        self._memo.remember(key, signature(stat), record, checked=True)
+        if isinstance(record, Entry) and not body_present(record):
+            self.remove(key)  # after `_remember`, so `remove` knows it was an entry
             return None
-        self._memo[key] = (signature(stat), record)
-        if len(self._memo) > META_MEMO_ENTRIES:
-            self._memo.popitem(last=False)
         return record
 
-    def _body_present(self, entry: Entry) -> bool:
-        try:
-            size = entry.body_path.stat().st_size
-        except OSError:
-            return False  # the body was evicted or lost
-        if size != entry.size:
-            log.warning("cached body %s has the wrong size: removed", entry.body_path)
-            return False
-        return True
-
     def write_entry(self, entry: Entry) -> None:
-        self._write_record(entry.key, entry.to_json())
+        self._write_record(entry)
 
     def write_index(self, key: str, fields: tuple[str, ...]) -> None:
-        self._write_record(key, VaryIndex(key, fields).to_json())
+        self._write_record(VaryIndex(key, fields))
 
     def update_headers(self, entry: Entry) -> None:
         """Rewrite an entry's metadata (after a 304 refreshed it)."""
         self.write_entry(entry)
 
-    def _write_record(self, key: str, data: dict[str, Any]) -> None:
-        self._publisher.records.write(key, data)
-        self._memo.pop(key, None)
+    def _write_record(self, record: Entry | VaryIndex) -> None:
+        """Write `record` and remember it: the next lookup finds it unchanged on disk (one
+        stat) without reading it back."""
+        written, kept = self._publisher.records.write(record)
+        self._memo.remember(record.key, kept, written)
 
     def remove(self, key: str) -> None:
-        memo = self._memo.pop(key, None)
+        forgotten = self._memo.forget(key)
         with contextlib.suppress(OSError):
             self.layout.meta_path(key).unlink()
-            if self.entry_count and memo is not None and isinstance(memo[1], Entry):
+            if self.entry_count and isinstance(forgotten, Entry):
                 self.entry_count -= 1
 
     async def count_entries(self) -> None:
@@ -198,8 +189,8 @@ class Store:
 
     def _published(self, published: Published) -> Entry:
         self.add_blob(published.blob)
-        for key in published.keys:
-            self._memo.pop(key, None)
+        for record, kept in published.written:
+            self._memo.remember(record.key, kept, record)
         if published.new:
             self.entry_count = (self.entry_count or 0) + 1
         return published.entry
@@ -307,6 +298,18 @@ class Store:
 
     def flush_counters(self) -> None:
         self.counters.flush()
+
+
+def body_present(entry: Entry) -> bool:
+    """Whether the entry's body file is there, at its size."""
+    try:
+        size = entry.body_path.stat().st_size
+    except OSError:
+        return False  # the body was evicted or lost
+    if size != entry.size:
+        log.warning("cached body %s has the wrong size: removed", entry.body_path)
+        return False
+    return True
 
 
 def count_entry_files(meta: Path) -> int:

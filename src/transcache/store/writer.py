@@ -23,8 +23,11 @@ from typing import Any
 import trio
 
 from .blobs import Blob, BodyWriter, KnownDirs
-from .layout import Layout, make_private_dirs, replace_private, shard_path
+from .layout import Layout, Signature, make_private_dirs, replace_private, shard_path
 from .metadata import Entry, VaryIndex
+
+# A record written, with the signature of its file (for the store's metadata memo).
+Written = tuple[Entry | VaryIndex, Signature]
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Published:
     blob: Blob
     entry: Entry
     new: bool  # no metadata was stored under the entry's key before
-    keys: tuple[str, ...]  # the metadata written
+    written: tuple[Written, ...]  # the metadata written
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,14 @@ class Records:
     tmp: Path
     dirs: KnownDirs | None = None
 
-    def write(self, key: str, data: Mapping[str, Any]) -> None:
-        path = self.layout.meta_path(key)
+    def write(self, record: Entry | VaryIndex) -> Written:
+        path = self.layout.meta_path(record.key)
         if self.dirs is None:
             make_private_dirs(path.parent)
         else:
             self.dirs.make(path.parent)
-        replace_private(self.tmp, path, json.dumps(data, separators=(",", ":")).encode())
+        data = json.dumps(record.to_json(), separators=(",", ":")).encode()
+        return record, replace_private(self.tmp, path, data)
 
 
 def publish_body(
@@ -63,12 +67,12 @@ def publish_body(
         published = record_entry(writer.finish(records.dirs), fields, records)
         if index is None:
             return published
-        records.write(index.key, index.to_json())
+        written = records.write(index)
     except FileNotFoundError:
         if records.dirs is not None:
             records.dirs.forget()
         raise
-    return dataclasses.replace(published, keys=(*published.keys, index.key))
+    return dataclasses.replace(published, written=(*published.written, written))
 
 
 def record_entry(blob: Blob, fields: Mapping[str, Any], records: Records) -> Published:
@@ -76,8 +80,7 @@ def record_entry(blob: Blob, fields: Mapping[str, Any], records: Records) -> Pub
     path = shard_path(records.layout.blobs, blob.digest)
     entry = Entry(digest=blob.digest, size=blob.size, body_path=path, **fields)
     new = not records.layout.meta_path(entry.key).exists()
-    records.write(entry.key, entry.to_json())
-    return Published(blob, entry, new, (entry.key,))
+    return Published(blob, entry, new, (records.write(entry),))
 
 
 class Publisher:
