@@ -185,3 +185,20 @@ async def test_a_client_leaving_mid_download_leaves_it_running_to_publish(
     assert download.flight.state is State.PUBLISHED
     assert download.flight.buffered == 0
     assert await fetch(download.cache, PATH) == (b"".join(body), Outcome.HIT)
+
+
+async def test_a_shutdown_once_the_whole_body_arrived_still_publishes_it(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    autojump_clock.autojump_threshold = QUIET
+    body = pieces(6)
+    async with trio.open_nursery() as proxy:
+        download = await start_download(proxy, tmp_path, body, 0)
+        flight = download.flight
+        while flight.state is State.STORING:
+            await flight.wait()
+        assert flight.state is State.COMPLETE
+        proxy.cancel_scope.cancel()  # the proxy stops as its publish begins
+    assert flight.state is State.PUBLISHED
+    restarted = await start(nursery, tmp_path, FakeOrigin(Scripted(headers=IMMUTABLE)))
+    assert await fetch(restarted, PATH) == (b"".join(body), Outcome.HIT)

@@ -273,7 +273,10 @@ class Flight:
     async def _publish(self, writer: BodyWriter, publish: Publish) -> None:
         writer.stage(self._unwritten())
         try:
-            await publish(writer)
+            # The whole body is here: a shutdown waits for these milliseconds rather than
+            # throwing the download away.
+            with trio.CancelScope(shield=True):
+                await publish(writer)
         except OSError as exc:
             log.warning("cannot publish %s: %s", self.key, exc)
             writer.abort()
