@@ -127,7 +127,7 @@ def test_exec_uses_the_installed_service_when_it_answers(
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello through the service\n"
     assert f"through the service at {service.url}" in result.stderr
-    assert f"GET {url} 200" in service.log
+    assert service.log_lines(f"GET {url} 200")
 
 
 def test_exec_offline_fails_when_anything_was_not_in_the_cache(
