@@ -5,8 +5,10 @@ updates and sync off, in a throwaway profile; the page needs nothing but the pro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -66,6 +68,16 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriv
         driver.quit()
 
 
+def wait_for_entries(url: str, count: int, timeout: float = 10.0) -> None:
+    """Until the proxy at `url` says it stores `count` entries."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(url + "/stats.json", timeout=timeout) as answer:
+            if json.loads(answer.read())["entries"] >= count or time.monotonic() > deadline:
+                return
+        time.sleep(0.02)
+
+
 def test_status_page_shows_a_known_sequence_of_requests(
     browser: WebDriver, tmp_path: Path, plain_origin: Origin
 ) -> None:
@@ -85,6 +97,7 @@ def test_status_page_shows_a_known_sequence_of_requests(
                 response.read()
         with pytest.raises(urllib.error.HTTPError):
             opener.open(plain_origin.url("files.test", "/missing"), timeout=30)
+        wait_for_entries(proxy.url, 3)  # clients have their bytes before the publish ends
         driver = browser
         driver.get(proxy.url + "/")
         page = driver.find_element(By.TAG_NAME, "body").text
