@@ -119,7 +119,7 @@ class Cache:
     async def respond(self, request: CacheRequest) -> Answer:
         """What the client gets, and what happened. Raises ProxyError for the answers the
         server turns into an error status (offline misses, upstream failures)."""
-        keyed = await classify(request, self.mode, self.freshness)
+        keyed = await classify(request, self.mode, self.freshness, self.clock())
         for _ in range(LOOKUP_ATTEMPTS):
             try:
                 answer = await self._respond_once(keyed)
@@ -158,12 +158,8 @@ class Cache:
 
     def _hit(self, keyed: Keyed, entry: Entry, decision: Decision) -> StoredResponse:
         assert self.store is not None
-        self.store.count(Counter.HITS)
-        if entry.kind == "git":
-            self.store.count(Counter.GIT_HITS)
-            self.store.count(Counter.GIT_BYTES_FROM_CACHE, entry.size)
+        status = count_stored_answer(self.store, entry, decision)
         self.store.touch(entry)
-        status = cache_status(decision.outcome, rule=decision.rule)
         head = stored_head(entry, keyed.request.headers, keyed.head_only, decision.age, status)
         return StoredResponse(head, entry, self.store, self._heads)
 
@@ -314,6 +310,20 @@ class Cache:
     def _count(self, name: Counter) -> None:
         if self.store is not None:
             self.store.count(name)
+
+
+def count_stored_answer(store: Store, entry: Entry, decision: Decision) -> bytes:
+    """Count an answer from `entry` and return its Cache-Status: a hit's, or for one stored
+    by the download the request waited for (COLLAPSED), a miss's, as for a reader of that
+    download."""
+    if decision.outcome is Outcome.COLLAPSED:
+        store.count(Counter.MISSES)
+        return cache_status(decision.outcome, entry.status, stored=True)
+    store.count(Counter.HITS)
+    if entry.kind == "git":
+        store.count(Counter.GIT_HITS)
+        store.count(Counter.GIT_BYTES_FROM_CACHE, entry.size)
+    return cache_status(decision.outcome, rule=decision.rule)
 
 
 def upstream_headers(request: CacheRequest, conditional: Headers) -> Headers:
