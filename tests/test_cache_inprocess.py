@@ -33,6 +33,10 @@ class Scripted:
     release_head: trio.Event | None = None  # the head waits for this
     fail_after: int | None = None  # break off after this many chunks
     pace: float = 0.01  # seconds between chunks, on trio's clock
+    head_after: float = 0.0  # seconds the head takes, on trio's clock
+    # The body came with the head (a small one, in the same TLS record): read without a
+    # checkpoint, as the upstream pool reads what h11 has buffered.
+    buffered: bool = False
 
 
 class FakeAnswer:
@@ -50,7 +54,8 @@ class FakeAnswer:
             raise UpstreamError("files.test:443 broke off")
         if self._sent == len(script.chunks):
             return b""
-        await trio.sleep(script.pace)  # a network's pace, on the virtual clock
+        if not script.buffered:
+            await trio.sleep(script.pace)  # a network's pace, on the virtual clock
         self._sent += 1
         return script.chunks[self._sent - 1]
 
@@ -80,6 +85,8 @@ class FakeOrigin:
             raise answer
         if answer.release_head is not None:
             await answer.release_head.wait()
+        if answer.head_after:
+            await trio.sleep(answer.head_after)
         return FakeAnswer(answer)
 
 

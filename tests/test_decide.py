@@ -138,6 +138,25 @@ def test_what_a_git_request_gets(
 
 
 @pytest.mark.parametrize(
+    ("answered", "arrived", "expected"),
+    [
+        # stored from the download it waited for: that answer, not another request
+        (NOW - 1, NOW - 2, (A.HIT, Out.COLLAPSED)),
+        (NOW - 2, NOW - 2, (A.MISS, Out.MISS)),  # answered as it arrived: asked again
+        (NOW - 2, NOW - 1, (A.MISS, Out.MISS)),  # older than the request
+        (NOW - 1, None, (A.MISS, Out.MISS)),  # arrival unknown
+    ],
+)
+def test_ref_discovery_takes_only_an_answer_the_origin_sent_after_it_arrived(
+    answered: float, arrived: float | None, expected: tuple[Action, Outcome]
+) -> None:
+    request = View(RequestKind.GIT_REFS, b"GET", [], arrived=arrived)
+    entry = Entry([], answered - 1, answered)
+    decision = decide(request, entry, None, NOW, Mode.ONLINE)
+    assert (decision.action, decision.outcome) == expected
+
+
+@pytest.mark.parametrize(
     ("entry", "failure", "expected", "why"),
     [
         (STALE, F.UNREACHABLE, A.STALE, None),

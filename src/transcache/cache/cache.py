@@ -9,7 +9,9 @@ offline misses.
 
 A lookup that races with the store (a body evicted or found corrupt between lookup and
 reading, a download being published as we look) simply looks again, a bounded number of
-times.
+times. The last look waits for no other download: a miss then fetches for itself, so
+downloads of the same key that keep starting and ending (concurrent git clones' ref
+discovery) cannot keep a request from its answer.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ log = logging.getLogger("transcache.cache")
 
 COUNTER_FLUSH_SECONDS = 5.0
 # A lookup that finds its body gone or its download being published looks again; a third
-# try covers a publish racing with a removal.
+# try covers a publish racing with a removal. The last one joins no download.
 LOOKUP_ATTEMPTS = 3
 
 
@@ -119,10 +121,10 @@ class Cache:
     async def respond(self, request: CacheRequest) -> Answer:
         """What the client gets, and what happened. Raises ProxyError for the answers the
         server turns into an error status (offline misses, upstream failures)."""
-        keyed = await classify(request, self.mode, self.freshness)
-        for _ in range(LOOKUP_ATTEMPTS):
+        keyed = await classify(request, self.mode, self.freshness, self.clock())
+        for attempt in range(1, LOOKUP_ATTEMPTS + 1):
             try:
-                answer = await self._respond_once(keyed)
+                answer = await self._respond_once(keyed, join=attempt < LOOKUP_ATTEMPTS)
                 if answer is not None:
                     return await self._intact(answer)
             except EntryGoneError as gone:
@@ -133,7 +135,7 @@ class Cache:
 
     # -- decide, then do -----------------------------------------------------------------------
 
-    async def _respond_once(self, keyed: Keyed) -> Answer | None:
+    async def _respond_once(self, keyed: Keyed, *, join: bool = True) -> Answer | None:
         entry = lookup(self.store, keyed) if self.store is not None else None
         decision = decide(keyed.view, entry, keyed.rule, self.clock(), self.mode)
         action = decision.action
@@ -146,7 +148,7 @@ class Cache:
             assert entry is not None
             return await self._revalidate(keyed, entry)
         if action is Action.MISS:
-            return await self._miss(keyed, entry)
+            return await self._miss(keyed, entry, join=join)
         if action is Action.FORWARD:
             return await self._forward(keyed, decision)
         if self.shared is not None and (answer := await self.shared.offline(keyed)):
@@ -158,12 +160,8 @@ class Cache:
 
     def _hit(self, keyed: Keyed, entry: Entry, decision: Decision) -> StoredResponse:
         assert self.store is not None
-        self.store.count(Counter.HITS)
-        if entry.kind == "git":
-            self.store.count(Counter.GIT_HITS)
-            self.store.count(Counter.GIT_BYTES_FROM_CACHE, entry.size)
+        status = count_stored_answer(self.store, entry, decision)
         self.store.touch(entry)
-        status = cache_status(decision.outcome, rule=decision.rule)
         head = stored_head(entry, keyed.request.headers, keyed.head_only, decision.age, status)
         return StoredResponse(head, entry, self.store, self._heads)
 
@@ -209,11 +207,12 @@ class Cache:
         revalidated = Decision(Action.HIT, Outcome.REVALIDATED)
         return self._hit(keyed, entry, revalidated), Outcome.REVALIDATED
 
-    async def _miss(self, keyed: Keyed, entry: Entry | None) -> Answer | None:
-        """Join the download of this key already under way, or start one; None when that
-        download was just published (look again: a hit)."""
+    async def _miss(self, keyed: Keyed, entry: Entry | None, *, join: bool = True) -> Answer | None:
+        """Join the download of this key under way (when `join`), else start one (or pass
+        the request through when another is under way); None when the download joined was
+        just published (look again: a hit)."""
         request = keyed.request
-        joined = await self.downloads.join(keyed)
+        joined = await self.downloads.join(keyed) if join else Joined.NOTHING
         if joined is Joined.AGAIN:
             return None
         if joined is not Joined.NOTHING:
@@ -314,6 +313,20 @@ class Cache:
     def _count(self, name: Counter) -> None:
         if self.store is not None:
             self.store.count(name)
+
+
+def count_stored_answer(store: Store, entry: Entry, decision: Decision) -> bytes:
+    """Count an answer from `entry` and return its Cache-Status: a hit's, or for one stored
+    by the download the request waited for (COLLAPSED), a miss's, as for a reader of that
+    download."""
+    if decision.outcome is Outcome.COLLAPSED:
+        store.count(Counter.MISSES)
+        return cache_status(decision.outcome, entry.status, stored=True)
+    store.count(Counter.HITS)
+    if entry.kind == "git":
+        store.count(Counter.GIT_HITS)
+        store.count(Counter.GIT_BYTES_FROM_CACHE, entry.size)
+    return cache_status(decision.outcome, rule=decision.rule)
 
 
 def upstream_headers(request: CacheRequest, conditional: Headers) -> Headers:

@@ -3,7 +3,9 @@
 `decide` looks at the request (its kind, method and headers), the stored entry for its key
 (or None), the freshness rule that applies, the time and the mode, and says what to do:
 
-- HIT: answer from the entry (fresh, immutable, or offline and stored);
+- HIT: answer from the entry (fresh, immutable, or offline and stored; for git ref
+  discovery, stored from the origin's answer after the request arrived: the download it
+  waited for, COLLAPSED);
 - REVALIDATE: ask the origin conditionally, then answer from the entry on 304;
 - MISS: fetch and store while streaming (one flight per key);
 - FORWARD: pass the request through uncached (not cacheable, or cacheable but answered as
@@ -113,6 +115,8 @@ class View:
     has_body: bool = False
     # Honour the client's reload (max-age=0, no-cache) even inside an index window.
     strict_reload: bool = False
+    # When the cache received it (the cache's clock); None: unknown, nothing stored is newer.
+    arrived: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,11 @@ def decide(
     if request.kind is RequestKind.GIT_REFS:
         if offline:
             return Decision(Action.HIT, Outcome.OFFLINE) if entry is not None else _offline_miss()
+        if entry is not None and _answered_since(request, entry):
+            # Concurrent clones: it waited for the download of these refs under way, whose
+            # answer is as current as asking again; asking again would replace the entry
+            # under the next waiter, and so on.
+            return Decision(Action.HIT, Outcome.COLLAPSED)
         return Decision(Action.MISS, Outcome.MISS)  # always asked; a failure decides again
     offline = offline or "only-if-cached" in policy.parse_cache_control(request.headers)
     if entry is None:
@@ -209,6 +218,11 @@ def _after_failure(entry: Stored | None, now: float, failure: Failure) -> Decisi
     if forbidden is not None:
         return Decision(Action.REFUSE, Outcome.MISS, why=forbidden)
     return Decision(Action.STALE, Outcome.STALE, _age(entry, now))
+
+
+def _answered_since(request: View, entry: Stored) -> bool:
+    """Whether the origin sent `entry` after `request` arrived."""
+    return request.arrived is not None and entry.response_time > request.arrived
 
 
 def _offline_miss() -> Decision:

@@ -66,23 +66,29 @@ class Freshness:
     strict_reload: bool = False
 
 
-async def classify(request: CacheRequest, mode: Mode, freshness: Freshness) -> Keyed:
+async def classify(
+    request: CacheRequest, mode: Mode, freshness: Freshness, arrived: float | None = None
+) -> Keyed:
     """The request's kind, key and freshness rule; a git upload-pack request's body is
-    read whole, to be keyed on."""
+    read whole, to be keyed on. `arrived`: when the cache received it (`View.arrived`)."""
     headers, url = request.headers, request.url
     partition = policy.credential_partition(headers, None)
     if mode is not Mode.PASS_THROUGH and _is_ref_discovery(request):
         protocol = (header_value(headers, b"git-protocol") or b"").decode("latin-1")
         key = policy.primary_key(f"{policy.GIT_REFS_PREFIX}{url}\n{protocol}", partition)
-        return Keyed(request, View(RequestKind.GIT_REFS, request.method, headers), key, None)
+        view = View(RequestKind.GIT_REFS, request.method, headers, arrived=arrived)
+        return Keyed(request, view, key, None)
     if mode is not Mode.PASS_THROUGH and _is_upload_pack(request):
-        return await _classify_upload_pack(request, partition)
+        return await _classify_upload_pack(request, partition, arrived)
     strict = freshness.strict_reload or policy.strict_reload(url, freshness.rules)
-    view = View(RequestKind.HTTP, request.method, headers, request.body is not None, strict)
+    has_body = request.body is not None
+    view = View(RequestKind.HTTP, request.method, headers, has_body, strict, arrived=arrived)
     return Keyed(request, view, policy.primary_key(url, partition), _rule(request, freshness))
 
 
-async def _classify_upload_pack(request: CacheRequest, partition: str) -> Keyed:
+async def _classify_upload_pack(
+    request: CacheRequest, partition: str, arrived: float | None
+) -> Keyed:
     body = await read_whole(request.body) if request.body is not None else b""
     encoding = header_value(request.headers, b"content-encoding")
     try:
@@ -96,7 +102,8 @@ async def _classify_upload_pack(request: CacheRequest, partition: str) -> Keyed:
         _git.GitRequestKind.FETCH_PINNED: RequestKind.GIT_PACK,
     }.get(_git.classify_upload_pack(decoded), RequestKind.GIT_OTHER)
     rule = PINNED if kind is RequestKind.GIT_PACK else None
-    return Keyed(request, View(kind, request.method, request.headers), key, rule, body)
+    view = View(kind, request.method, request.headers, arrived=arrived)
+    return Keyed(request, view, key, rule, body)
 
 
 def ecosystem_of(request: CacheRequest) -> Ecosystem:
