@@ -9,11 +9,12 @@ Thread ownership. Everything in this module except `BlobLedger` touches only fil
 returns what it found (a `Blob`, a `Signature`, an `Eviction`); it may run in any thread, and
 the proxy runs the slow parts (writing and hashing a body, fsync, an eviction scan) in trio
 worker threads. A `BodyWriter` is used by one thread at a time: worker threads write its
-batches and finish it, one after the other; `KnownDirs` by one publish at a time. The
-in-memory facts about blobs, `BlobLedger` (the bytes stored, and which blob files this
-process has hashed), belong to the store's owner thread (the trio thread in the proxy, the
-only thread in the CLI): they change only there, from the values the workers returned. So
-there is no lock, and no count is lost to two threads adding at once.
+batches and finish it, one after the other; `KnownDirs` is shared by the publishing threads
+(a set's operations are atomic). The in-memory facts about blobs, `BlobLedger` (the bytes
+stored, and which blob files this process has hashed), belong to the store's owner thread
+(the trio thread in the proxy, the only thread in the CLI): they change only there, from the
+values the workers returned. So there is no lock, and no count is lost to two threads adding
+at once.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ class BodyWriter:
 
 class KnownDirs:
     """Shard directories known to exist, so that publishing does not look for them every
-    time. Used by one publish at a time (the store's writer thread). Eviction removes blobs,
+    time. Shared by the store's publishing threads: set operations are atomic, and a directory
+    made twice is harmless. Eviction removes blobs,
     never shard directories, so a directory once seen stays; if one is removed anyway (a
     cleared cache), the rename fails with ENOENT and `forget` makes the next publish look."""
 

@@ -180,7 +180,7 @@ class Store:
     async def commit(
         self, writer: BodyWriter, fields: Mapping[str, Any], index: VaryIndex | None = None
     ) -> Entry:
-        """Publish the body, its metadata and `index` in the writer thread (see `writer`)."""
+        """Publish the body, its metadata and `index` in a writer thread (see `writer`)."""
         return self._published(await self._publisher.commit(writer, fields, index))
 
     def publish(self, blob: Blob, fields: Mapping[str, Any]) -> Entry:

@@ -1,14 +1,16 @@
-"""Publishing a downloaded body, in the store's writer thread.
+"""Publishing a downloaded body, in the store's writer threads.
 
 Everything a publish does to files happens here, in one call: append the body's last bytes
-(`BodyWriter.stage`),
-fsync, rename the body to its blob path, write the metadata naming it and, for a response
-that varies, the Vary index naming that. `Store.commit` runs it in one worker at a time (its
-writer limiter), so publishes never compete for the disk or for the event loop, and the
-`KnownDirs` memo, used only here, needs no lock. When another process clears the cache, the
-first publish after it fails (a pass-through, as for any storage error) and the memo is
-forgotten. It returns what it did (`Published`); the
-store's owner thread applies that to the store's memory.
+(`BodyWriter.stage`), fsync, rename the body to its blob path, write the metadata naming it
+and, for a response that varies, the Vary index naming that. `Store.commit` runs it in at
+most WRITERS worker threads at once (its writer limiter), off the event loop. Not one: a
+publish waits for its fsync, and one thread made every small miss queue behind the fsyncs
+of all the others, so the next request for a page waited for a backlog of publishes
+(docs/performance.md). The `KnownDirs` memo is shared by those threads; a set's operations
+are atomic, and a directory made twice is harmless. When another process clears the cache,
+the first publish after it fails (a pass-through, as for any storage error) and the memo is
+forgotten. It returns what it did (`Published`); the store's owner thread applies that to
+the store's memory.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from .metadata import Entry, VaryIndex
 
 # A record written, with the signature of its file (for the store's metadata memo).
 Written = tuple[Entry | VaryIndex, Signature]
+
+
+# Publishes at once: enough that fsyncs overlap, few enough to leave trio's other worker
+# threads (batch writes, hashing) room.
+WRITERS = 4
 
 
 @dataclass(frozen=True)
@@ -85,12 +92,12 @@ def record_entry(blob: Blob, fields: Mapping[str, Any], records: Records) -> Pub
 
 class Publisher:
     """The store's publishing: metadata `records` for its owner thread, and `commit`, which
-    runs `publish_body` in one worker thread at a time."""
+    runs `publish_body` in at most WRITERS worker threads at once."""
 
     def __init__(self, layout: Layout, tmp: Path) -> None:
         self.records = Records(layout, tmp)
         self._threaded = Records(layout, tmp, KnownDirs())
-        self._limiter = trio.CapacityLimiter(1)
+        self._limiter = trio.CapacityLimiter(WRITERS)
 
     async def commit(
         self, writer: BodyWriter, fields: Mapping[str, Any], index: VaryIndex | None
