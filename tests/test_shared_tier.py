@@ -177,6 +177,19 @@ async def test_a_large_body_goes_up_in_parts_and_comes_back_whole(
     assert origin_b.requests == []
 
 
+async def test_a_large_body_the_bucket_has_is_not_uploaded_again(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    body = b"y" * (2 * 1024 * 1024)  # over ASK_FIRST_BYTES: asked for before it goes up
+    for name, path in (("a", "/one.tar.gz"), ("b", "/same-bytes.tar.gz")):
+        origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[body], pace=0))
+        cache = await proxy(nursery, tmp_path / name, origin, shared_cache=location)
+        assert (await fetch(cache, path))[0] == body
+        await settle(cache)
+    assert counters(cache)[Counter.SHARED_UPLOADS] == 1  # B's metadata for its own key
+    assert counters(cache).get(Counter.SHARED_UPLOAD_BYTES, 0) == 0  # A's body was there
+
+
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
 async def test_a_damaged_body_in_the_bucket_is_never_served_or_stored(
     nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server, damage: str
