@@ -325,6 +325,17 @@ def signed_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
 
 
+async def uploaded_and_served_again(nursery: trio.Nursery, tmp_path: Path, where: str) -> None:
+    """A proxy whose requests the server accepts uploads PAGE; another, with an empty cache,
+    serves it without asking its origin."""
+    a = await stored_by(nursery, tmp_path / "a", shared_cache=where)
+    assert a.shared is not None
+    assert counters(a).get(Counter.SHARED_UPLOADS) == 1, a.shared.tier.last_error
+    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
+    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=where)
+    assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
+
+
 async def test_with_identities_on_the_server_requests_are_signed_by_the_credential_chain(
     nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signed_s3: S3Server
 ) -> None:
@@ -334,12 +345,7 @@ async def test_with_identities_on_the_server_requests_are_signed_by_the_credenti
     assert counters(anonymous).get(Counter.SHARED_UPLOADS, 0) == 0
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tier-test-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    a = await stored_by(nursery, tmp_path / "a", shared_cache=where)
-    assert a.shared is not None
-    assert counters(a).get(Counter.SHARED_UPLOADS) == 1, a.shared.tier.last_error
-    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
-    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=where)
-    assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
+    await uploaded_and_served_again(nursery, tmp_path, where)
 
 
 async def test_aws_profile_takes_the_endpoint_and_keys_from_the_shared_config_files(
@@ -361,12 +367,7 @@ async def test_aws_profile_takes_the_endpoint_and_keys_from_the_shared_config_fi
     assert default.shared is not None and signed_s3.endpoint in default.shared.tier.description
     assert counters(default).get(Counter.SHARED_UPLOADS, 0) == 0  # the wrong secret: refused
     monkeypatch.setenv("AWS_PROFILE", "ci")
-    a = await stored_by(nursery, tmp_path / "a", shared_cache=where)
-    assert a.shared is not None
-    assert counters(a).get(Counter.SHARED_UPLOADS) == 1, a.shared.tier.last_error
-    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
-    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=where)
-    assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
+    await uploaded_and_served_again(nursery, tmp_path, where)
 
 
 @pytest.fixture
