@@ -8,7 +8,8 @@ import hashlib
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ from tests.clients import curl
 from tests.conftest import StartProxy
 from tests.origin import Origin, client_env, pattern
 from tests.s3server import DIRECT, S3Server, aws_environment, running_s3
+from tests.squid import Squid, running_squid
 from tests.test_cache_inprocess import ORIGIN, FakeOrigin, Scripted, fetch, read_all
-from transcache._config import Config
+from transcache._config import build_config
 from transcache._errors import OfflineMissError
 from transcache._limits import ConnectionSlots
 from transcache._observe import Observer
@@ -27,6 +29,7 @@ from transcache._protocol import Headers
 from transcache.cache import Cache, CacheRequest
 from transcache.cli import main
 from transcache.store import Counter, Store
+from transcache.tiers.breaker import BreakerState
 from transcache.tiers.trust import generate_pair
 
 pytestmark = pytest.mark.slow
@@ -76,9 +79,14 @@ async def proxy(
     origin: FakeOrigin,
     *,
     shift: float = 0.0,
+    environ: Mapping[str, str] | None = None,
     **options: object,
 ) -> Cache:
-    config = Config(cache_dir=cache_dir, ca_dir=cache_dir / "ca", **options)  # type: ignore[arg-type]
+    """A cache with its store in `cache_dir`, configured as `transcache run` would be by
+    `options` and the parent proxy variables of `environ`."""
+    config = build_config(
+        {"cache_dir": cache_dir, "ca_dir": cache_dir / "ca", **options}, None, environ
+    )
     cache = Cache(config, Store(cache_dir, config.max_size), origin, lambda: time.time() + shift)
     await nursery.start(cache.run)
     return cache
@@ -167,6 +175,19 @@ async def test_a_large_body_goes_up_in_parts_and_comes_back_whole(
     b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location)
     assert (await fetch(b, "/big.tar.gz"))[0] == body
     assert origin_b.requests == []
+
+
+async def test_a_large_body_the_bucket_has_is_not_uploaded_again(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    body = b"y" * (2 * 1024 * 1024)  # over ASK_FIRST_BYTES: asked for before it goes up
+    for name, path in (("a", "/one.tar.gz"), ("b", "/same-bytes.tar.gz")):
+        origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[body], pace=0))
+        cache = await proxy(nursery, tmp_path / name, origin, shared_cache=location)
+        assert (await fetch(cache, path))[0] == body
+        await settle(cache)
+    assert counters(cache)[Counter.SHARED_UPLOADS] == 1  # B's metadata for its own key
+    assert counters(cache).get(Counter.SHARED_UPLOAD_BYTES, 0) == 0  # A's body was there
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
@@ -267,7 +288,7 @@ async def test_a_stalled_tier_costs_each_miss_the_timeout_until_the_breaker_skip
         origin,
         shared_cache=location,
         shared_cache_timeout=0.5,
-        shared_cache_failures=2,
+        shared_cache_failures=3,
         shared_cache_skip=600,
     )
     s3.pause()
@@ -275,39 +296,117 @@ async def test_a_stalled_tier_costs_each_miss_the_timeout_until_the_breaker_skip
         errors = []
         for n in range(4):
             assert (await fetch(b, f"/p{n}"))[0] == b"origin"  # within the timeout
+            await settle(b)  # the upload of what it stored, given up on too (or skipped)
             errors.append(counters(b).get(Counter.SHARED_ERRORS, 0))
     finally:
         s3.resume()
-    assert errors[0] >= 1  # the tier was tried and given up on
-    assert errors[-1] == errors[-2]  # then skipped: no more attempts
+    # /p0's lookup and upload failed, then /p1's lookup: three in a row, and the tier is
+    # skipped (/p1's upload, /p2, /p3: no more attempts).
+    assert errors == [2, 3, 3, 3]
     assert b.shared is not None and b.shared.tier.last_error is not None
+    assert b.shared.tier.breaker.state is BreakerState.OPEN
+
+
+CI_IDENTITIES: dict[str, object] = {
+    "identities": [
+        {
+            "name": "ci",
+            "credentials": [{"accessKey": "tier-test-key", "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List"],
+        }
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def signed_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A second server, whose requests must be signed with CI_IDENTITIES' key."""
+    with running_s3(tmp_path_factory.mktemp("signed-s3"), CI_IDENTITIES) as server:
+        yield server
+
+
+async def uploaded_and_served_again(nursery: trio.Nursery, tmp_path: Path, where: str) -> None:
+    """A proxy whose requests the server accepts uploads PAGE; another, with an empty cache,
+    serves it without asking its origin."""
+    a = await stored_by(nursery, tmp_path / "a", shared_cache=where)
+    assert a.shared is not None
+    assert counters(a).get(Counter.SHARED_UPLOADS) == 1, a.shared.tier.last_error
+    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
+    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=where)
+    assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
 
 
 async def test_with_identities_on_the_server_requests_are_signed_by_the_credential_chain(
-    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signed_s3: S3Server
 ) -> None:
-    identities: dict[str, object] = {
-        "identities": [
-            {
-                "name": "ci",
-                "credentials": [{"accessKey": "tier-test-key", "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List"],
-            }
-        ]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", signed_s3.endpoint)
+    where = f"s3://{signed_s3.bucket}/creds"
+    anonymous = await stored_by(nursery, tmp_path / "anon", shared_cache=where)
+    assert counters(anonymous).get(Counter.SHARED_UPLOADS, 0) == 0
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tier-test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    await uploaded_and_served_again(nursery, tmp_path, where)
+
+
+async def test_aws_profile_takes_the_endpoint_and_keys_from_the_shared_config_files(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signed_s3: S3Server
+) -> None:
+    endpoint = f"endpoint_url = {signed_s3.endpoint}\n"
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\n{endpoint}\n[profile ci]\n{endpoint}")
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        "[default]\naws_access_key_id = tier-test-key\naws_secret_access_key = wrong\n\n"
+        f"[ci]\naws_access_key_id = tier-test-key\naws_secret_access_key = {SECRET_KEY}\n"
+    )
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    where = f"s3://{signed_s3.bucket}/profile"
+    default = await stored_by(nursery, tmp_path / "default", shared_cache=where)
+    assert default.shared is not None and signed_s3.endpoint in default.shared.tier.description
+    assert counters(default).get(Counter.SHARED_UPLOADS, 0) == 0  # the wrong secret: refused
+    monkeypatch.setenv("AWS_PROFILE", "ci")
+    await uploaded_and_served_again(nursery, tmp_path, where)
+
+
+@pytest.fixture
+def squid() -> Iterator[Squid]:
+    with running_squid([]) as parent:
+        yield parent
+
+
+async def test_tier_traffic_goes_through_the_upstream_proxy_never_the_environments(
+    nursery: trio.Nursery, tmp_path: Path, location: str, squid: Squid
+) -> None:
+    # The environment names a parent (in a proxy's environment, usually the proxy itself):
+    # the tier does not use it. Only an --upstream-proxy carries its traffic.
+    environ = {"https_proxy": squid.url, "http_proxy": squid.url}
+    await stored_by(nursery, tmp_path / "a", shared_cache=location, environ=environ)
+    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"another page"]))
+    b = await proxy(
+        nursery,
+        tmp_path / "b",
+        origin_b,
+        shared_cache=location,
+        upstream_proxy=squid.url,
+        environ=environ,
+    )
+    assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
+    assert (await fetch(b, "/other.html"))[0] == b"another page"
+    await settle(b)
+    assert counters(b)[Counter.SHARED_UPLOADS] == 1
+    # B read /page.html (its metadata, its body), missed /other.html and uploaded it; the
+    # upload of /page.html by A, with the same parent in its environment, went direct.
+    seen = squid.wait_for(5)
+    assert {line.user for line in seen} == {squid.user}
+    kinds = Tally((line.method, line.url.rpartition("/v1/")[2].partition("/")[0]) for line in seen)
+    assert kinds == {
+        ("GET", "meta"): 2,
+        ("GET", "blobs"): 1,
+        ("PUT", "blobs"): 1,
+        ("PUT", "meta"): 1,
     }
-    with running_s3(tmp_path / "s3", identities) as signed:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", signed.endpoint)
-        where = f"s3://{signed.bucket}/creds"
-        anonymous = await stored_by(nursery, tmp_path / "anon", shared_cache=where)
-        assert counters(anonymous).get(Counter.SHARED_UPLOADS, 0) == 0
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tier-test-key")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        a = await stored_by(nursery, tmp_path / "a", shared_cache=where)
-        assert a.shared is not None
-        assert counters(a).get(Counter.SHARED_UPLOADS) == 1, a.shared.tier.last_error
-        origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
-        b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=where)
-        assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
 
 
 async def test_offline_reads_the_tier_and_no_shared_cache_is_the_strict_form(

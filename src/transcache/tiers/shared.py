@@ -50,6 +50,10 @@ FROM_TIER_KEYS = 10_000
 # falls back to the origin unseen; larger ones stream, and a bad one breaks off that response
 # as an origin that broke off would.
 CHECKED_FIRST_BYTES = 1024 * 1024
+# Bodies up to this size are uploaded without asking first whether the bucket has them: the
+# PUT costs the round trip a HEAD would (bodies are content-addressed, so writing one again
+# changes nothing). Larger ones are asked for first, to spare their upload.
+ASK_FIRST_BYTES = 1024 * 1024
 
 
 SHARED_COUNTERS = (
@@ -274,7 +278,7 @@ class SharedTier:
     async def _upload(self, upload: Upload) -> None:
         entry = upload.entry
         name = blob_name(entry.digest)
-        if not await self.bucket.exists(name):
+        if entry.size <= ASK_FIRST_BYTES or not await self.bucket.exists(name):
             await self.bucket.put_file(name, Path(entry.body_path), entry.size)
             self.count(Counter.SHARED_UPLOAD_BYTES, entry.size)
         record = entry.to_json()
