@@ -489,3 +489,17 @@ def test_two_proxy_processes_share_a_100_mib_body_through_the_bucket_in_flat_mem
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(pattern(BIG)).digest()
     assert len(origin.requests_to(f"/bytes/{BIG}")) == 1  # B asked the bucket, not the origin
     assert b.peak_rss_bytes() < RSS_LIMIT and a.peak_rss_bytes() < RSS_LIMIT
+
+
+async def test_a_proxy_stopped_right_after_a_download_still_uploads_it(
+    nursery: trio.Nursery, tmp_path: Path, location: str
+) -> None:
+    origin = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[PAGE]))
+    async with trio.open_nursery() as running:
+        a = await proxy(running, tmp_path / "a", origin, shared_cache=location)
+        assert (await fetch(a, "/page.html"))[0] == PAGE
+        await a.downloads.wait_idle()  # stored locally, its upload queued
+        running.cancel_scope.cancel()  # the CI job ends and stops its proxy
+    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
+    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location)
+    assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []

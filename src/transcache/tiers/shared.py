@@ -44,6 +44,9 @@ BLOBS = "v1/blobs/"
 # stays local; the next proxy that stores it uploads it).
 UPLOADERS = 4
 UPLOAD_QUEUE = 1000
+# How long a stopping proxy goes on uploading what it queued: a CI job stops its proxy right
+# after its last download, and what it fetched is what the next jobs need.
+SHUTDOWN_UPLOAD_SECONDS = 30.0
 # Keys this proxy took from the tier recently: storing them locally uploads nothing.
 FROM_TIER_KEYS = 10_000
 # Bodies up to this size are read and checked whole before they are answered, so a bad one
@@ -245,8 +248,8 @@ class SharedTier:
             return
         try:
             self._send.send_nowait(Upload(entry, primary, vary))
-        except trio.WouldBlock:
-            log.info("shared cache: upload queue full, %s stays local", entry.url)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            log.info("shared cache: upload queue full or closed, %s stays local", entry.url)
             return
         self._uploading += 1
         self._idle = trio.Event()
@@ -256,11 +259,23 @@ class SharedTier:
         await self._idle.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Upload what `share` queued, UPLOADERS at a time, until cancelled."""
+        """Upload what `share` queued, UPLOADERS at a time, until cancelled; then go on
+        with what was queued for up to SHUTDOWN_UPLOAD_SECONDS."""
+        drain = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:
-            for _ in range(UPLOADERS):
-                nursery.start_soon(self._uploader)
+            nursery.start_soon(self._uploaders, drain)
             task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._send.close()  # the uploaders end once the queue is empty
+                drain.deadline = trio.current_time() + SHUTDOWN_UPLOAD_SECONDS
+
+    async def _uploaders(self, drain: trio.CancelScope) -> None:
+        with drain:
+            async with trio.open_nursery() as uploads:
+                for _ in range(UPLOADERS):
+                    uploads.start_soon(self._uploader)
 
     async def _uploader(self) -> None:
         async for upload in self._queue:
