@@ -124,6 +124,25 @@ def socket_inodes(pid: int) -> list[int]:
     return inodes
 
 
+def fds_under(pid: int, directory: str) -> int:
+    """How many of a process's open fds are files in `directory`."""
+    count = 0
+    for fd in open_fds(pid):
+        with contextlib.suppress(OSError):
+            count += os.path.dirname(os.readlink(f"/proc/{pid}/fd/{fd}")) == directory
+    return count
+
+
+def environment_variable(pid: int, name: str) -> str | None:
+    """`name` in the environment a process was started with (None if unset or unreadable)."""
+    try:
+        entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    prefix = name.encode() + b"="
+    return next((e[len(prefix) :].decode() for e in entries if e.startswith(prefix)), None)
+
+
 def open_fds(pid: int) -> list[str]:
     try:
         return os.listdir(f"/proc/{pid}/fd")

@@ -20,7 +20,10 @@ It passes when no action failed, the RSS after the clients stopped is within
 `SETTLE_SECONDS` of the clients stopping, the fds other than pooled upstream connections and
 the tasks are back to the idle baseline. Idle upstream connections stay open in the pool (up to
 `MAX_IDLE_PER_ORIGIN` per origin, closed when next taken after `POOL_IDLE_SECONDS`), so
-those are reported apart and checked against that cap instead.
+those are reported apart and checked against that cap instead. So are, with several workers,
+the fds of prometheus_client's multiprocess files (`Reading.metrics_fds`): each worker opens
+them on its first request and holds them until it exits, a fixed number per worker whatever
+the traffic, so they are checked against `METRICS_FDS_PER_PROCESS` per process, not idle.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from transcache._metrics import MULTIPROCESS_VARIABLE
 from transcache._upstream import MAX_IDLE_PER_ORIGIN
 
 from . import data, procs
@@ -65,6 +69,10 @@ TIMEOUT = 120.0  # one action's socket timeout
 READ_SIZE = 256 * 1024
 DROP_AFTER = 64 * 1024  # bytes of the big file read before a tunnel is dropped
 RANGE_MAX = 1024 * 1024  # the longest Range request
+# A worker's metrics (prometheus_client's multiprocess mode) live in one file per kind, a
+# counter file and a histogram file, each opened once on the first request and held until the
+# worker exits, by an open file and by its mmap, which keeps a duplicate of the fd.
+METRICS_FDS_PER_PROCESS = 2 * 2
 ROW_SECONDS = 60.0  # one table row per minute (per sample in a run shorter than 3 minutes)
 
 
@@ -97,13 +105,14 @@ class Reading:
     rss: int  # bytes, summed over the tree
     fds: int  # summed over the tree
     upstream_sockets: int  # of those fds, connections to the upstream (the pool's)
+    metrics_fds: int  # of those fds, prometheus_client's multiprocess files (workers only)
     tasks: int | None  # from /stats.json (one process's answer when there are several)
     actions: int  # done so far
     errors: int  # failed so far
 
     @property
     def other_fds(self) -> int:
-        return self.fds - self.upstream_sockets
+        return self.fds - self.upstream_sockets - self.metrics_fds
 
 
 @dataclass
@@ -273,6 +282,7 @@ class Soak:
             upstream_sockets=sum(
                 1 for pid in pids for inode in procs.socket_inodes(pid) if inode in upstream
             ),
+            metrics_fds=sum(_metrics_fds(pid) for pid in pids),
             tasks=tasks,
             actions=actions + errors,
             errors=errors,
@@ -322,9 +332,17 @@ class Soak:
         )
 
 
+def _metrics_fds(pid: int) -> int:
+    directory = procs.environment_variable(pid, MULTIPROCESS_VARIABLE)
+    return procs.fds_under(pid, directory) if directory else 0
+
+
+def _tasks_back(idle: Reading, now: Reading) -> bool:
+    return idle.tasks is None or (now.tasks is not None and now.tasks <= idle.tasks)
+
+
 def _settled(idle: Reading, now: Reading) -> bool:
-    tasks_back = idle.tasks is None or (now.tasks is not None and now.tasks <= idle.tasks)
-    return now.other_fds <= idle.other_fds and tasks_back
+    return now.other_fds <= idle.other_fds and _tasks_back(idle, now)
 
 
 def _at(readings: list[Reading], seconds: float) -> Reading:
@@ -349,6 +367,7 @@ class Report:
         growth = self.stopped.rss / self.reference.rss - 1 if self.reference.rss else 0.0
         # files.test and git.test, in each process (workers have a pool each)
         pool_cap = MAX_IDLE_PER_ORIGIN * 2 * self.settled.processes
+        metrics_cap = METRICS_FDS_PER_PROCESS * self.settled.processes
         tasks = f"{self.idle.tasks} idle, {self.settled.tasks} after"
         return [
             ("no action failed", f"{errors} of {self.tally.done.total() + errors}", errors == 0),
@@ -360,7 +379,7 @@ class Report:
                 abs(growth) <= RSS_TOLERANCE,
             ),
             (
-                "fds (other than pooled upstream connections) back to idle",
+                "fds (other than pooled upstream connections and metrics files) back to idle",
                 f"{self.idle.other_fds} idle, {self.settled.other_fds} after "
                 f"{self.settled.seconds - self.stopped.seconds:.0f} s",
                 self.settled.other_fds <= self.idle.other_fds,
@@ -370,7 +389,12 @@ class Report:
                 f"{self.settled.upstream_sockets}",
                 self.settled.upstream_sockets <= pool_cap,
             ),
-            ("tasks back to idle", tasks, _settled(self.idle, self.settled)),
+            (
+                f"metrics files' fds within {METRICS_FDS_PER_PROCESS} per process ({metrics_cap})",
+                f"{self.settled.metrics_fds}",
+                self.settled.metrics_fds <= metrics_cap,
+            ),
+            ("tasks back to idle", tasks, _tasks_back(self.idle, self.settled)),
         ]
 
     @property
@@ -378,15 +402,19 @@ class Report:
         return all(ok for _, _, ok in self.checks())
 
     def markdown(self) -> str:
-        rows = ["| s | processes | RSS MB | fds | upstream conns | tasks | actions | errors |"]
-        rows.append("| ---: |" + " ---: |" * 7)
+        rows = [
+            "| s | processes | RSS MB | fds | upstream conns | metrics fds | tasks | actions "
+            "| errors |"
+        ]
+        rows.append("| ---: |" + " ---: |" * 8)
         shown = [self.idle, *self._every_row(), self.stopped, self.settled]
         labels = ["idle", *[""] * (len(shown) - 3), "stopped", "settled"]
         for label, s in zip(labels, shown, strict=True):
             when = f"{s.seconds:.0f}" + (f" ({label})" if label else "")
             rows.append(
                 f"| {when} | {s.processes} | {s.rss / MB:.1f} | {s.fds} | {s.upstream_sockets} "
-                f"| {s.tasks if s.tasks is not None else '—'} | {s.actions:,} | {s.errors} |"
+                f"| {s.metrics_fds} | {s.tasks if s.tasks is not None else '—'} "
+                f"| {s.actions:,} | {s.errors} |"
             )
         done = ", ".join(
             f"{action.value} {self.tally.done[action]:,}" + (
@@ -498,7 +526,8 @@ def w8_table() -> Table:
         ],
         note=(
             "Hits, misses, the big file whole and in ranges, tunnels dropped mid-body, git "
-            "clones (benchmarks/soak.py). fds: other than pooled upstream connections. Pass: no "
+            "clones (benchmarks/soak.py). fds: other than pooled upstream connections "
+            "and metrics files. Pass: no "
             f"errors, RSS at the end within {RSS_TOLERANCE:.0%} of RSS after the first minute "
             "(a third of a shorter run), fds and tasks back to idle. The over-time table goes "
             "to stderr."
