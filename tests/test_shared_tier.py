@@ -26,7 +26,7 @@ from transcache._errors import OfflineMissError
 from transcache._limits import ConnectionSlots
 from transcache._observe import Observer
 from transcache._protocol import Headers
-from transcache.cache import Cache, CacheRequest
+from transcache.cache import Cache, CacheRequest, Outcome
 from transcache.cli import main
 from transcache.store import Counter, Store
 from transcache.tiers.breaker import BreakerState
@@ -503,3 +503,20 @@ async def test_a_proxy_stopped_right_after_a_download_still_uploads_it(
     origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"origin"]))
     b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location)
     assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
+
+
+async def test_with_the_s3_server_stopped_both_proxies_serve_from_local_and_origin(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_s3(tmp_path / "s3") as own:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", own.endpoint)
+        where = f"s3://{own.bucket}/down"
+        a = await stored_by(nursery, tmp_path / "a", shared_cache=where)
+        assert counters(a).get(Counter.SHARED_UPLOADS) == 1
+        own.stop()  # the bucket goes away: connections are refused
+        assert await fetch(a, "/page.html") == (PAGE, Outcome.HIT)  # local
+        new = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"new"]))
+        b = await proxy(nursery, tmp_path / "b", new, shared_cache=where)
+        assert await fetch(b, "/page.html") == (b"new", Outcome.MISS)  # the origin's
+        assert counters(b).get(Counter.SHARED_ERRORS, 0) >= 1  # the tier was tried
+        assert await fetch(b, "/page.html") == (b"new", Outcome.HIT)  # then local
