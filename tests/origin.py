@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -659,6 +660,18 @@ class Origin:
         """How many TCP connections the origin has accepted."""
         with self._lock:
             return self._connections
+
+    def errors_after(self, count: int = 1, timeout: float = 10.0) -> list[str]:
+        """The handler failures, once there are `count` of them (or after `timeout`): a
+        handler notices a client's hang-up in its own thread, after the client has moved on,
+        and `stop()` ignores failures from then on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                errors = list(self.errors)
+            if len(errors) >= count or time.monotonic() > deadline:
+                return errors
+            time.sleep(0.02)
 
     def requests_to(self, target: str) -> list[RecordedRequest]:
         """The recorded requests whose target (path and query) is exactly `target`."""
