@@ -49,7 +49,7 @@ class HostRejections:
 
 
 class LeafRejections:
-    """Rejections per host; `record` says whether this (host, client) pair is new."""
+    """Rejections per host; `record` says whether the rejection is worth a warning."""
 
     def __init__(self) -> None:
         self.hosts: dict[str, HostRejections] = {}
@@ -58,12 +58,17 @@ class LeafRejections:
         entry = self.hosts.get(host)
         return entry is None or entry.count < MAX_LOOKUPS_PER_HOST
 
-    def record(self, host: str, client: str) -> bool:
+    def record(self, host: str, program: str | None, address: str) -> bool:
+        """Count a rejection by `program` (None when the lookup missed it) at `address`.
+        Worth a warning: a program new to this host, or an unnamed client on a host nobody
+        was warned about yet. An unnamed one is most likely a client already named (curl is
+        often gone before its lookup), and the warning for it would say nothing new."""
         entry = self.hosts.setdefault(host, HostRejections())
         entry.count += 1
-        first = client not in entry.clients
+        client = program or address
+        new = client not in entry.clients if program else not entry.clients
         entry.clients.add(client)
-        return first
+        return new
 
     def to_json(self) -> dict[str, dict[str, object]]:
         return {

@@ -138,7 +138,7 @@ class Tunnels:
         program = None
         if self.rejections.worth_looking_up(host):
             program = await trio.to_thread.run_sync(peer_program, _loopback_peer(stream))
-        if self.rejections.record(host, program or peer.rpartition(":")[0]):
+        if self.rejections.record(host, program, peer.rpartition(":")[0]):
             log.warning(
                 "%s (%s) rejected the transcache certificate for %s (%s): it does not trust "
                 "the transcache CA, so its requests fail; other clients are not affected. "
