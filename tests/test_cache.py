@@ -325,7 +325,9 @@ def test_kill_9_mid_download_leaves_nothing_partial(
     while not any(p.name.startswith("body-") for p in tmp.glob("*/*")):
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    killed_tmp = list(tmp.iterdir())  # the dying process's temp dir, partial body inside
+    # The dying process's temp dir, partial body inside (beside it: its download's claim
+    # file, which the next process sweeps away and then claims again under the same name).
+    killed_tmp = [path for path in tmp.iterdir() if path.is_dir()]
     proxy.kill()
     client.wait()
     paused.release.set()
@@ -335,7 +337,7 @@ def test_kill_9_mid_download_leaves_nothing_partial(
     assert body == paused.data
     # The killed process's temp dir (and its partial body) is gone; only the new one's is left.
     assert killed_tmp and not any(directory.exists() for directory in killed_tmp)
-    assert len(list(tmp.iterdir())) == 1
+    assert len([path for path in tmp.iterdir() if path.is_dir()]) == 1
 
 
 def test_origin_down_serves_stale_and_offline_miss_is_504(

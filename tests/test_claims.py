@@ -66,8 +66,9 @@ def test_a_claim_dies_with_its_holder(tmp_path: Path) -> None:
     claims = Claims(tmp_path)
     holder = f"""
 import fcntl, os, sys
+from pathlib import Path
 from transcache.cache.claims import PATIENCE_SECONDS, Claims
-claims = Claims({str(tmp_path)!r})
+claims = Claims(Path({str(tmp_path)!r}))
 assert claims.claim({KEY!r})
 print("claimed", flush=True)
 sys.stdin.read()
@@ -91,6 +92,25 @@ sys.stdin.read()
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_dead_holders_claim_file_is_removed_by_the_next_process(tmp_path: Path) -> None:
+    # A process killed mid-download leaves its claim file; nobody may ever ask for that key
+    # again, so the next process to start on the cache dir removes it (a live claim stays).
+    live = Claims(tmp_path)
+    assert live.claim("https://files.test/live")
+    holder = f"""
+from pathlib import Path
+from transcache.cache.claims import Claims
+assert Claims(Path({str(tmp_path)!r})).claim({KEY!r})
+"""
+    subprocess.run([sys.executable, "-c", holder], check=True)  # exits holding it
+    assert len(list(tmp_path.iterdir())) == 2
+    Claims(tmp_path)
+    [left] = tmp_path.iterdir()
+    assert live.holds("https://files.test/live") and left.exists()
+    live.release("https://files.test/live")
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_cache_stops_waiting_for_a_slow_download_and_fetches_it_too(

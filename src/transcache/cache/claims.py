@@ -8,7 +8,9 @@ published, a miss it fetches itself when the holder gave up. It waits PATIENCE_S
 most, then fetches the key itself. A holder that dies loses its lock
 to the kernel, so nobody waits for a dead download. The holder unlinks the file before it
 unlocks; a claimer that locked a file unlinked meanwhile (its inode is no longer at the path)
-tries again, so two claimers never hold two different files for one key.
+tries again, so two claimers never hold two different files for one key. The file of a
+holder that died stays until the key is claimed again, or until the next process starts on
+the cache dir and sweeps such files away, the same way.
 
 Owned by the trio thread, like the downloads that use it. This is the second level: within a
 process the flights map (`Downloads`) already collapses requests, and only its first request
@@ -43,6 +45,20 @@ class Claims:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self._held: dict[str, int] = {}  # key -> the descriptor holding its lock
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove the claim files of holders that died (their lock is free): locked and
+        still at their path, as a holder's own release removes them."""
+        with contextlib.suppress(OSError):
+            for path in self.tmp.glob(f"{CLAIM_PREFIX}*"):
+                with contextlib.suppress(OSError):
+                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                    try:
+                        if _lock(fd) and _is_at(fd, str(path)):
+                            os.unlink(path)
+                    finally:
+                        os.close(fd)
 
     def _path(self, key: str) -> str:
         return f"{self.tmp}/{CLAIM_PREFIX}{key_digest(key)}"

@@ -170,8 +170,11 @@ class TempDir:
 
 
 def _clean_stale(tmp: Path) -> None:
-    """Remove temp dirs of processes that are gone (their lock is free)."""
+    """Remove temp dirs of processes that are gone (their lock is free). Files beside them
+    (the download claims, cache/claims.py) are not temp dirs: their owners sweep them."""
     for directory in tmp.iterdir():
+        if not directory.is_dir():
+            continue
         if directory.name.startswith(STAGING_PREFIX):
             # A process between creating and locking its dir (leave it), or one that died
             # right there long ago (remove it).
