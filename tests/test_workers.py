@@ -214,6 +214,32 @@ def test_sigterm_stops_every_worker_and_ready_is_sent_once(tmp_path: Path) -> No
             process.wait()
 
 
+def test_workers_run_the_command_line_given_to_main_not_the_interpreters(tmp_path: Path) -> None:
+    # An embedder calls cli.main(argv) from its own program, whose sys.argv says nothing of
+    # transcache: the workers must get `argv`.
+    argv = [
+        *("run", "--listen", "127.0.0.1:0"),
+        *("--ca-dir", str(tmp_path / "ca"), "--cache-dir", str(tmp_path / "cache"), *WORKERS),
+    ]
+    embedder = f"import sys; from transcache.cli import main; sys.exit(main({argv!r}))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", embedder, "--unrelated"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith(LISTENING_PREFIX), process.communicate(timeout=DEADLINE_SECONDS)
+        until("two workers", lambda: len(workers_of(process.pid)) == 2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(DEADLINE_SECONDS) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_metrics_and_the_status_page_sum_the_workers(
     start_proxy: StartProxy, plain_origin: Origin, connections: list[WorkerConnection]
 ) -> None:

@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = argv  # what `run --workers N` starts each worker with
     try:
         status = int(args.handler(args))
         # Written now, while a closed pipe can still be told apart from a bug.

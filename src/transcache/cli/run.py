@@ -427,7 +427,7 @@ def _command_run(args: argparse.Namespace) -> int:
     workers = config.workers or usable_cores()
     try:
         if workers > 1:  # the supervisor re-runs this command line for each worker
-            return trio.run(supervise, config, sys.argv[1:], workers)
+            return trio.run(supervise, config, args.command_line, workers)
         trio.run(_serve, config, lambda: config_from(args, args.workers), access_log)
     except OSError as exc:
         host, port = args.listen
