@@ -11,6 +11,7 @@ import urllib.request
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -155,6 +156,24 @@ async def test_what_one_proxy_stored_another_serves_without_its_origin(
     seen = counters(b)
     assert seen[Counter.SHARED_HITS] == 1 and seen[Counter.SHARED_BYTES] == len(PAGE)
     assert seen.get(Counter.SHARED_UPLOADS, 0) == 0  # taken from the tier: not sent back
+
+
+async def test_a_resolve_entry_for_the_buckets_host_is_used(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    location: str,
+    s3: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The endpoint by a name only --resolve knows, as for a bucket behind a name the
+    # runner's DNS does not have.
+    port = urlsplit(s3.endpoint).port
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://s3.test:{port}")
+    resolve = [f"s3.test:{port}:127.0.0.1"]
+    await stored_by(nursery, tmp_path / "a", shared_cache=location, resolve=resolve)
+    origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"the origin was asked"]))
+    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location, resolve=resolve)
+    assert (await fetch(b, "/page.html"))[0] == PAGE and origin_b.requests == []
 
 
 async def test_a_large_body_goes_up_in_parts_and_comes_back_whole(

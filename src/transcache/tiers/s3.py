@@ -88,7 +88,9 @@ def tier_config(config: Config, origin: Origin) -> Config:
     return dataclasses.replace(
         config,
         offline=False,
-        resolve={**config.resolve, (origin.host, origin.port): origin.host},
+        # Reachable whatever the destination rules say; a --resolve entry of the user's for
+        # it still says where.
+        resolve={(origin.host, origin.port): origin.host, **config.resolve},
         upstream_proxies=parents,
         connect_timeout=config.shared_cache_timeout,
         upstream_timeout=config.shared_cache_timeout,
