@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -14,13 +15,16 @@ from typing import Any
 
 import pytest
 import trio
+import trustme
 
 from transcache import Proxy, open_proxy
-from transcache._launch import tagged_url
+from transcache._ca import CertificateAuthority
+from transcache._launch import NODE_CA_VARIABLE, tagged_url
 
 from .clients import CLIENT_TIMEOUT, curl, pip_download, run
 from .origin import Origin, client_env
 from .packages import make_index
+from .test_install_clients import https_origin, node_get
 
 # trio's idle worker threads (trio.to_thread, used by the cache to publish bodies) exit after
 # 10 s without work; a stopped proxy's process must be back to its baseline within this.
@@ -181,3 +185,27 @@ def test_proxy_env_sends_a_plain_subprocess_through_the_proxy(
             timeout=CLIENT_TIMEOUT,
         )
     assert proxy.stats().total.upstream_requests >= 2
+
+
+def test_proxy_env_keeps_the_users_extra_node_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user whose Node trusts a corporate CA through NODE_EXTRA_CA_CERTS: the variables a
+    # proxy hands out (exec, the API, `run`'s exports) add our CA to theirs, not replace it.
+    corporate = trustme.CA()
+    corporate_file = tmp_path / "corporate.pem"
+    corporate.cert_pem.write_to_path(str(corporate_file))
+    monkeypatch.setenv(NODE_CA_VARIABLE, str(corporate_file))
+    with Proxy(ca_dir=tmp_path / "ca", cache=False) as proxy:
+        env = {**os.environ, **proxy.env}
+        ours = CertificateAuthority.load_or_create(tmp_path / "ca").server_context("127.0.0.1")
+    corporate_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    corporate.issue_cert("127.0.0.1").configure_cert(corporate_context)
+    with https_origin(corporate_context) as corporate_url, https_origin(ours) as our_url:
+        for url in (corporate_url, our_url):
+            result = node_get(url, env)
+            assert result.returncode == 0, (url, env[NODE_CA_VARIABLE], result.stderr)
+    # From a shell already set up with these variables, the same file: nothing nests.
+    monkeypatch.setenv(NODE_CA_VARIABLE, env[NODE_CA_VARIABLE])
+    with Proxy(ca_dir=tmp_path / "ca", cache=False) as again:
+        assert again.env[NODE_CA_VARIABLE] == env[NODE_CA_VARIABLE]

@@ -6,6 +6,8 @@ user's own certificates where a client already had some (NODE_EXTRA_CA_CERTS, np
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import ssl
 import tempfile
@@ -22,6 +24,12 @@ SYSTEM_BUNDLES = (
 # plus ours, for Node's NODE_EXTRA_CA_CERTS and for npm's `cafile`.
 NODE_BUNDLE_NAME = "node-bundle.pem"
 NPM_BUNDLE_NAME = "npm-bundle.pem"
+# The same for a proxy started by hand (run, exec, the API) from a shell whose
+# NODE_EXTRA_CA_CERTS names the user's own file: named by its content, so that proxies
+# started together write the same bytes under the same name.
+NODE_EXTRA_PREFIX = "node-extra-"
+
+log = logging.getLogger("transcache")
 
 
 def system_bundle() -> Path | None:
@@ -47,7 +55,32 @@ def combine(base: bytes, ca_pem: bytes) -> bytes:
 def write_bundle(path: Path, ca_pem: bytes) -> Path:
     """Write system roots + `ca_pem` to `path` atomically (readers never see half a file)."""
     system = system_bundle()
-    content = combine(system.read_bytes() if system else b"", ca_pem)
+    return _write(path, combine(system.read_bytes() if system else b"", ca_pem))
+
+
+def node_ca_for(ca_pem: bytes, ca_path: Path, bundle: Path, theirs: str | None) -> Path:
+    """What NODE_EXTRA_CA_CERTS should name for clients of the proxy whose CA is at `ca_path`
+    (`bundle` beside it), given the variable's value `theirs`: our CA alone; the bundle, for
+    the system bundle; a file of ours already (a shell set up by transcache) as it is; else
+    their certificates plus ours. Node adds the file to its roots, so keeping theirs keeps
+    what it reached before: passthrough hosts, hosts it reaches directly."""
+    if not theirs:
+        return ca_path
+    path = Path(theirs)
+    if path.parent == ca_path.parent:
+        return path
+    if is_system_bundle(path):
+        return bundle
+    try:
+        content = combine(path.read_bytes(), ca_pem)
+    except OSError as exc:
+        log.warning("cannot read NODE_EXTRA_CA_CERTS=%s (%s): Node gets our CA only", path, exc)
+        return ca_path
+    name = f"{NODE_EXTRA_PREFIX}{hashlib.sha256(content).hexdigest()[:16]}.pem"
+    return _write(ca_path.parent / name, content)
+
+
+def _write(path: Path, content: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bundle-")
     try:

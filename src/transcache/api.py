@@ -20,10 +20,10 @@ from typing import Any, Self
 
 import trio
 
-from ._bundle import write_bundle
+from ._bundle import node_ca_for, write_bundle
 from ._ca import CertificateAuthority
 from ._config import Config, ConfigError, build_config
-from ._launch import client_environment, proxy_variable_names, tagged_url
+from ._launch import NODE_CA_VARIABLE, client_environment, proxy_variable_names, tagged_url
 from ._parent import without_self
 from ._paths import BUNDLE_NAME
 from ._reach import is_loopback_host
@@ -59,11 +59,12 @@ class RunningProxy:
     ca_path: Path
     bundle_path: Path
     server: ProxyServer
+    node_ca_path: Path  # our CA, or the user's NODE_EXTRA_CA_CERTS plus ours (node_ca_for)
 
     @property
     def env(self) -> dict[str, str]:
         """Proxy and CA variables for a subprocess (merge them into os.environ's copy)."""
-        return client_environment(self.url, self.bundle_path, self.ca_path)
+        return client_environment(self.url, self.bundle_path, self.node_ca_path)
 
     def stats(self) -> ProxyStats:
         """What this proxy served so far: totals and per client tag (live, not a copy)."""
@@ -208,7 +209,8 @@ async def open_proxy(
         await nursery.start(server.serve, listeners)
         if store is not None:
             store.announce(proxy_url(server))  # `cache stats` asks it for live counts
-        yield RunningProxy(proxy_url(server), ca.cert_path, bundle, server)
+        node_ca = node_ca_for(ca.cert_pem, ca.cert_path, bundle, os.environ.get(NODE_CA_VARIABLE))
+        yield RunningProxy(proxy_url(server), ca.cert_path, bundle, server, node_ca)
         nursery.cancel_scope.cancel()
 
 
