@@ -227,12 +227,13 @@ class Downloads:
 
     async def _maybe_evict(self) -> None:
         assert self.store is not None
-        if self._evicting or not self.store.over_limit():
+        if self._evicting or not self.store.due_for_a_look():
             return
         self._evicting = True
         try:
-            freed = await self.store.evict()
-            log.info("evicted %d bytes to stay under %d", freed, self.store.max_size)
+            freed = await self.store.evict(over=self.store.max_size)
+            if freed:
+                log.info("evicted %d bytes to stay under %d", freed, self.store.max_size)
         except OSError as exc:
             log.warning("eviction failed: %s", exc)
         finally:

@@ -231,19 +231,32 @@ def evict_lru(
     return Eviction(freed, total - freed)
 
 
-def evict_blobs(blobs: Path, target: int) -> Eviction:
-    """Evict under the blob dir `blobs` down to `target` bytes (slow: run it in a worker)."""
-    return evict_lru(scan(blobs), target)
+def evict_blobs(blobs: Path, target: int, over: int | None = None) -> Eviction:
+    """Evict under the blob dir `blobs` down to `target` bytes, or with `over` only when
+    they hold more than that (slow: run it in a worker)."""
+    files = scan(blobs)
+    if over is not None and (total := sum(blob.size for blob in files)) <= over:
+        return Eviction(0, total)
+    return evict_lru(files, target)
 
 
 class BlobLedger:
-    """What this process knows about the blobs: owned by the store's owner thread."""
+    """What this process knows about the blobs: owned by the store's owner thread.
 
-    def __init__(self, max_size: int, size: int) -> None:
+    Other processes on the cache dir add bodies this one does not count; it sees them only
+    when it scans the dir again. So it scans again (`due_for_a_look`) once it has added its
+    share of the room the last scan left: with N processes, together they add at most that
+    room between two looks, and the cache stays within max_size (give or take the bodies
+    that cross the line)."""
+
+    def __init__(self, max_size: int, size: int, sharers: int = 1) -> None:
         self.max_size = max_size
         self.size = size
         # Bytes this process has added, ever: what an eviction's scan may have missed.
         self.added_total = 0
+        self._added_at_scan = 0
+        self._allowance = 0
+        self.recount(size, sharers)
         # digest -> signature of the blob file whose bytes hashed to it in this process.
         self._verified: dict[str, Signature] = {}
 
@@ -257,12 +270,19 @@ class BlobLedger:
     def removed(self, size: int) -> None:
         self.size -= size
 
-    def recount(self, size: int) -> None:
-        """Set the total from a scan of the blob dir (which sees other processes' blobs)."""
+    def recount(self, size: int, sharers: int = 1) -> None:
+        """Set the total from a scan of the blob dir (which sees other processes' blobs),
+        which `sharers` processes use (this one included)."""
         self.size = size
+        self._added_at_scan = self.added_total
+        self._allowance = max(0, self.max_size - size) // max(1, sharers)
 
     def over_limit(self) -> bool:
         return self.size > self.max_size
+
+    def due_for_a_look(self) -> bool:
+        """Over the limit by this process's count, or it has added its share of the room."""
+        return self.over_limit() or self.added_total - self._added_at_scan > self._allowance
 
     def target(self) -> int:
         return int(self.max_size * EVICT_TO)

@@ -143,6 +143,15 @@ class Layout:
         """The files in which running proxies announce their URL (some may be gone)."""
         return sorted(self.tmp.glob(f"*/{PROXY_NAME}"))
 
+    def live_processes(self) -> int:
+        """How many processes use the cache dir: each holds a temp dir in `tmp` while it
+        lives (the dirs of dead ones go at the next start; until then they count too)."""
+        try:
+            dirs = [path for path in self.tmp.iterdir() if path.is_dir()]
+            return max(1, sum(not path.name.startswith(STAGING_PREFIX) for path in dirs))
+        except OSError:
+            return 1
+
     def create(self) -> None:
         for directory in (self.meta, self.blobs, self.tmp):
             make_private_dirs(directory)

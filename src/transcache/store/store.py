@@ -61,7 +61,8 @@ class Store:
         self.layout = Layout(cache_dir)
         self.layout.create()
         self._tmp = TempDir(self.layout.tmp)
-        self.ledger = BlobLedger(max_size, sum(blob.size for blob in scan(self.layout.blobs)))
+        size = sum(blob.size for blob in scan(self.layout.blobs))
+        self.ledger = BlobLedger(max_size, size, self.layout.live_processes())
         self.counters = CounterBook(self.layout, self._tmp.path)
         self._memo = RecordMemo()
         self._touched: dict[str, float] = {}
@@ -277,19 +278,26 @@ class Store:
             self.ledger.removed(entry.size)
         self.remove(entry.key)
 
-    async def evict(self, target: int | None = None) -> int:
+    async def evict(self, target: int | None = None, *, over: int | None = None) -> int:
         """Delete least recently used bodies (in a worker thread) until the store holds at
-        most `target` bytes (default: 90% of max_size). Returns the bytes freed."""
+        most `target` bytes (default: 90% of max_size); with `over`, only if it holds more
+        than that. Either way the dir is scanned and its size recounted. Returns the bytes
+        freed."""
         added_before = self.ledger.added_total
         goal = self.ledger.target() if target is None else target
-        eviction = await trio.to_thread.run_sync(evict_blobs, self.layout.blobs, goal)
+        eviction = await trio.to_thread.run_sync(evict_blobs, self.layout.blobs, goal, over)
         # Bodies published meanwhile may have been missed by the scan: counting them again
         # at worst evicts a little early; missing them could overfill the disk.
-        self.ledger.recount(eviction.remaining + self.ledger.added_total - added_before)
+        size = eviction.remaining + self.ledger.added_total - added_before
+        self.ledger.recount(size, self.layout.live_processes())
         return eviction.freed
 
     def over_limit(self) -> bool:
         return self.ledger.over_limit()
+
+    def due_for_a_look(self) -> bool:
+        """Whether to scan the dir (and evict if it is over max_size): see BlobLedger."""
+        return self.ledger.due_for_a_look()
 
     # -- counters ----------------------------------------------------------------------------
 
