@@ -227,7 +227,7 @@ class Downloads:
 
     async def _maybe_evict(self) -> None:
         assert self.store is not None
-        if self._evicting or not self.store.due_for_a_look():
+        if self._evicting or not self.store.ledger.due_for_a_look():
             return
         self._evicting = True
         try:

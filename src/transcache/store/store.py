@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-from .blobs import Blob, BlobLedger, BodyWriter, check_blob, evict_blobs, scan
+from .blobs import Blob, BlobLedger, BodyWriter, Eviction, check_blob, evict_blobs, scan
 from .counters import Counter, CounterBook
 from .layout import (
     PROXY_NAME,
@@ -285,19 +285,14 @@ class Store:
         freed."""
         added_before = self.ledger.added_total
         goal = self.ledger.target() if target is None else target
-        eviction = await trio.to_thread.run_sync(evict_blobs, self.layout.blobs, goal, over)
+        eviction, sharers = await trio.to_thread.run_sync(_look, self.layout, goal, over)
         # Bodies published meanwhile may have been missed by the scan: counting them again
         # at worst evicts a little early; missing them could overfill the disk.
-        size = eviction.remaining + self.ledger.added_total - added_before
-        self.ledger.recount(size, self.layout.live_processes())
+        self.ledger.recount(eviction.remaining + self.ledger.added_total - added_before, sharers)
         return eviction.freed
 
     def over_limit(self) -> bool:
         return self.ledger.over_limit()
-
-    def due_for_a_look(self) -> bool:
-        """Whether to scan the dir (and evict if it is over max_size): see BlobLedger."""
-        return self.ledger.due_for_a_look()
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -306,6 +301,11 @@ class Store:
 
     def flush_counters(self) -> None:
         self.counters.flush()
+
+
+def _look(layout: Layout, goal: int, over: int | None) -> tuple[Eviction, int]:
+    """Evict (see evict_blobs), and count the processes sharing the dir: one scan's work."""
+    return evict_blobs(layout.blobs, goal, over), layout.live_processes()
 
 
 def body_present(entry: Entry) -> bool:
