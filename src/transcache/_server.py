@@ -45,6 +45,7 @@ from ._tunnel import Tunnels
 from ._upstream import UpstreamPool
 from .cache import Cache
 from .store import Store
+from .store.recount import keep_counted
 
 log = logging.getLogger("transcache")
 
@@ -144,7 +145,7 @@ class ProxyServer:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.cache.run)
                 if self.cache.store is not None:
-                    nursery.start_soon(self.cache.store.count_entries)
+                    nursery.start_soon(keep_counted, self.cache.store)
                 for listener in listeners:
                     nursery.start_soon(self._accept, listener, nursery)
                 task_status.started(self)

@@ -1,7 +1,8 @@
 """The on-disk cache store. Modules: `layout` (where files live, shared with archives),
 `metadata` (typed records, validated where read), `memo` (records kept in memory), `blobs`
 (bodies, eviction, and which thread owns what), `counters`, `store` (the `Store` the cache
-uses), `maintenance` (the `cache` commands) and `archive` (export and import)."""
+uses), `recount` (its size and entries while other processes share the dir), `maintenance`
+(the `cache` commands) and `archive` (export and import)."""
 
 from .blobs import BodyWriter
 from .counters import Counter

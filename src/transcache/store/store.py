@@ -68,8 +68,8 @@ class Store:
         self._touched: dict[str, float] = {}
         self._small_bodies: OrderedDict[str, bytes] = OrderedDict()
         self._small_bytes = 0
-        # Entries in the store, for the proxy's gauges: None until `count_entries` ran, then
-        # kept up to date by this process's own publishes and removals.
+        # Entries in the store, for the proxy's gauges: None until counted (recount.py), then
+        # kept up to date by this process's own publishes and removals and by recounts.
         self.entry_count: int | None = None
         self._publisher = Publisher(self.layout, self._tmp.path)
 
@@ -167,11 +167,6 @@ class Store:
             self.layout.meta_path(key).unlink()
             if self.entry_count and isinstance(forgotten, Entry):
                 self.entry_count -= 1
-
-    async def count_entries(self) -> None:
-        """Count the stored entries once (a worker thread reads every metadata file)."""
-        counted = await trio.to_thread.run_sync(count_entry_files, self.layout.meta)
-        self.entry_count = counted + (self.entry_count or 0)
 
     # -- bodies ------------------------------------------------------------------------------
 
@@ -318,16 +313,6 @@ def body_present(entry: Entry) -> bool:
         log.warning("cached body %s has the wrong size: removed", entry.body_path)
         return False
     return True
-
-
-def count_entry_files(meta: Path) -> int:
-    """How many metadata files under `meta` are entries (not Vary indexes); any thread."""
-    count = 0
-    for path in meta.glob("*/*/*"):
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_bytes())
-            count += isinstance(data, dict) and "digest" in data
-    return count
 
 
 def announced_urls(layout: Layout) -> list[str]:
