@@ -19,8 +19,9 @@ It passes when no action failed, the RSS after the clients stopped is within
 `RSS_TOLERANCE` of the RSS after the first minute (a third of a shorter run), and, within
 `SETTLE_SECONDS` of the clients stopping, the fds other than pooled upstream connections and
 the tasks are back to the idle baseline. Idle upstream connections stay open in the pool (up to
-`MAX_IDLE_PER_ORIGIN` per origin, closed when next taken after `POOL_IDLE_SECONDS`), so
-those are reported apart and checked against that cap instead. So are, with several workers,
+`MAX_IDLE_PER_ORIGIN` per origin, closed once `POOL_IDLE_SECONDS` idle when next taken or at
+the pool's next sweep, which needs traffic), so those are reported apart and checked against
+that cap instead. So are, with several workers,
 the fds of prometheus_client's multiprocess files (`Reading.metrics_fds`): each worker opens
 them on its first request and holds them until it exits, a fixed number per worker whatever
 the traffic, so they are checked against `METRICS_FDS_PER_PROCESS` per process, not idle.
@@ -48,8 +49,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from transcache._idle import MAX_IDLE_PER_ORIGIN
 from transcache._metrics import MULTIPROCESS_VARIABLE
-from transcache._upstream import MAX_IDLE_PER_ORIGIN
 
 from . import data, procs
 from .data import Content

@@ -5,7 +5,8 @@ here, into a ProxyError that says what went wrong (502 / 504).
 The pool decides state synchronously (take an idle connection, put one back) and does I/O
 outside those decisions; a connection goes back only when h11 says both sides finished the
 exchange cleanly. A reused connection that turns out to be dead before any response byte is
-replaced by a fresh one once, when the request has no body to replay.
+replaced by a fresh one once, when the request has no body to replay. Which idle connections
+are kept, and for how long, is `_idle.IdleConnections`'s to say.
 
 Every new connection is checked here, in `open_tcp`, whatever asked for it (a request in any
 form, or a passthrough tunnel): the port against the allow-list, then every address the name
@@ -48,6 +49,7 @@ from ._errors import (
     UpstreamTLSError,
     UpstreamUnreachableError,
 )
+from ._idle import IdleConnections
 from ._parent import ParentProxy
 from ._protocol import Headers, Origin
 from ._reach import IPAddress, address_refusal
@@ -57,9 +59,6 @@ BodyReader = Callable[[], Awaitable[bytes]]
 # One getaddrinfo result: (family, type, proto, canonname, sockaddr).
 AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
 
-MAX_IDLE_PER_ORIGIN = 32
-# Origins commonly drop idle keep-alive connections after 60 s or more; stay under that.
-POOL_IDLE_SECONDS = 50.0
 # RFC 8305's recommended pause before trying the next address while one is still connecting.
 HAPPY_EYEBALLS_DELAY = 0.25
 # Any port does for the route lookup in `is_own_address`: no packet is sent.
@@ -278,7 +277,7 @@ class UpstreamPool:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._ssl_context = upstream_ssl_context(config.upstream_ca)
-        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle: IdleConnections[_Connection] = IdleConnections()
         self.read_timeout = config.upstream_timeout
         self.watcher: UpstreamWatcher | None = None
 
@@ -375,26 +374,14 @@ class UpstreamPool:
             stream = tls
         return _Connection(origin, stream)
 
-    def _take_idle(self, origin: Origin) -> tuple[_Connection | None, list[_Connection]]:
-        """Pop a usable idle connection; also return the expired ones for closing."""
-        idle = self._idle.get(origin, [])
-        expired: list[_Connection] = []
-        now = trio.current_time()
-        while idle:
-            connection = idle.pop()
-            if now - connection.idle_since < POOL_IDLE_SECONDS:
-                return connection, expired
-            expired.append(connection)
-        return None, expired
-
     async def release(self, connection: _Connection) -> None:
-        idle = self._idle.setdefault(connection.origin, [])
-        if connection.reusable and len(idle) < MAX_IDLE_PER_ORIGIN:
+        now = trio.current_time()
+        if connection.reusable and self._idle.put(connection, now):
             connection.channel.conn.start_next_cycle()
-            connection.idle_since = trio.current_time()
-            idle.append(connection)
         else:
             await connection.aclose()
+        for stale in self._idle.sweep(now):
+            await stale.aclose()
 
     async def request(
         self,
@@ -425,7 +412,7 @@ class UpstreamPool:
         headers: Headers,
         body: BodyReader | None,
     ) -> UpstreamResponse:
-        connection, expired = self._take_idle(origin)
+        connection, expired = self._idle.take(origin, trio.current_time())
         for stale in expired:
             await stale.aclose()
         if connection is not None:
@@ -477,7 +464,5 @@ class UpstreamPool:
         return UpstreamResponse(self, connection, event)
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, {}
-        for connections in idle.values():
-            for connection in connections:
-                await connection.aclose()
+        for connection in self._idle.drain():
+            await connection.aclose()
