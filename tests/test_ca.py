@@ -600,3 +600,16 @@ def test_gnutls_verify_accepts_the_leaf(ca: CertificateAuthority, host: str) -> 
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Chain verification output: Verified" in result.stdout
+
+
+def test_the_contexts_kept_in_memory_are_bounded_least_recently_used_first(
+    ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A forward proxy meets new hosts for as long as it runs: each kept context is ~20 KB.
+    monkeypatch.setattr(_ca, "LEAF_CONTEXTS_KEPT", 3)
+    first = {host: ca.server_context(host) for host in ("a.test", "b.test", "c.test")}
+    assert ca.server_context("a.test") is first["a.test"]  # a.test used last, b.test least
+    ca.server_context("d.test")
+    assert ca.server_context("a.test") is first["a.test"]
+    assert ca.server_context("c.test") is first["c.test"]
+    assert ca.server_context("b.test") is not first["b.test"]  # dropped, loaded again

@@ -10,12 +10,14 @@
 # whose presence marks the CA complete: a key without a certificate is an interrupted first run
 # and is replaced, a certificate without its key is an error, since users may already trust it.
 #
-# server_context(host) returns an SSLContext presenting a leaf for host, cached in a dict until
-# the leaf nears expiry. Leaves also live in ca_dir/leaves/, in files named by a hash of the
-# canonical host (lower-case DNS name or compressed IP address), and are reused across restarts
-# while they were signed by this CA for the shared key and have more than a week left. Any other
-# leaf file (missing, corrupt, stale, foreign) is re-minted, so leaves need neither lock nor
-# fsync: two processes minting one host both write a valid leaf and the last rename wins.
+# server_context(host) returns an SSLContext presenting a leaf for host, kept in memory until
+# the leaf nears expiry, for the LEAF_CONTEXTS_KEPT hosts used last (a forward proxy meets new
+# hosts for as long as it runs; a dropped one is loaded from its file again). Leaves also live
+# in ca_dir/leaves/, in files named by a hash of the canonical host (lower-case DNS name or
+# compressed IP address), and are reused across restarts while they were signed by this CA for
+# the shared key and have more than a week left. Any other leaf file (missing, corrupt, stale,
+# foreign) is re-minted, so leaves need neither lock nor fsync: two processes minting one host
+# both write a valid leaf and the last rename wins.
 #
 # Both certificates are built to pass Python's VERIFY_X509_STRICT, `openssl verify -x509_strict`,
 # GnuTLS and webpki: critical basicConstraints and keyUsage, SKI on both, AKI and SAN on the leaf,
@@ -33,6 +35,7 @@ import re
 import secrets
 import socket
 import ssl
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +63,8 @@ LEAF_RENEW_BEFORE = dt.timedelta(days=7)
 ALPN_PROTOCOLS = ["http/1.1"]
 
 MAX_HOST_LENGTH = 253
+# Contexts kept in memory (about 20 KB each), least recently used dropped first.
+LEAF_CONTEXTS_KEPT = 1000
 MAX_COMMON_NAME_LENGTH = 64  # ub-common-name, RFC 5280
 SERIAL_HEX_IN_NAME = 8
 
@@ -104,7 +109,7 @@ class CertificateAuthority:
             raise CAError(f"{self.cert_path} has no subject key identifier") from e
         # Keyed by the host exactly as the client sent it, so a known host is one dict lookup.
         # The value holds the time after which the leaf should be renewed.
-        self._contexts: dict[str, tuple[ssl.SSLContext, dt.datetime]] = {}
+        self._contexts: OrderedDict[str, tuple[ssl.SSLContext, dt.datetime]] = OrderedDict()
 
     @classmethod
     def load_or_create(cls, ca_dir: Path) -> CertificateAuthority:
@@ -151,6 +156,7 @@ class CertificateAuthority:
         cached = self._contexts.get(host)
         now = _now()
         if cached is not None and now < cached[1]:
+            self._contexts.move_to_end(host)
             return cached[0]
         name, san = _parse_host(host)
         path = self._leaves_dir / _leaf_file_name(name)
@@ -166,6 +172,9 @@ class CertificateAuthority:
         except (OSError, ssl.SSLError) as e:
             raise CAError(f"cannot load {path} with {self._leaf_key_path}: {e}") from e
         self._contexts[host] = (context, leaf.not_valid_after_utc - LEAF_RENEW_BEFORE)
+        self._contexts.move_to_end(host)
+        if len(self._contexts) > LEAF_CONTEXTS_KEPT:
+            self._contexts.popitem(last=False)
         return context
 
     def leaf_path(self, host: str) -> Path:
