@@ -38,6 +38,7 @@ class ConnectionSlots:
 
     limit: int
     count: int = 0
+    admitted: int = 0  # ever: whether there was traffic since some moment
     # Insertion-ordered: the first key has waited longest.
     _idle: dict[Closable, None] = field(default_factory=dict, init=False, repr=False)
 
@@ -51,6 +52,7 @@ class ConnectionSlots:
             del self._idle[oldest]
             oldest.cancel()  # its connection ends and calls `release`
         self.count += 1
+        self.admitted += 1
         return True
 
     def release(self) -> None:

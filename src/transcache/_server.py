@@ -41,6 +41,7 @@ from ._observe import Observer
 from ._protocol import Origin
 from ._rejections import LeafRejections
 from ._stats import ProxyStats
+from ._trim import trim_when_quiet
 from ._tunnel import Tunnels
 from ._upstream import UpstreamPool
 from .cache import Cache
@@ -146,6 +147,7 @@ class ProxyServer:
                 await nursery.start(self.cache.run)
                 if self.cache.store is not None:
                     nursery.start_soon(keep_counted, self.cache.store)
+                nursery.start_soon(trim_when_quiet, self.slots)
                 for listener in listeners:
                     nursery.start_soon(self._accept, listener, nursery)
                 task_status.started(self)
