@@ -21,9 +21,9 @@ from tests.conftest import StartProxy
 from tests.origin import Origin, client_env, pattern
 from tests.s3server import DIRECT, S3Server, aws_environment, running_s3
 from tests.squid import Squid, running_squid
-from tests.test_cache_inprocess import ORIGIN, FakeOrigin, Scripted, fetch, read_all
+from tests.test_cache_inprocess import ORIGIN, FakeOrigin, Scripted, answer, fetch, read_all
 from transcache._config import build_config
-from transcache._errors import OfflineMissError
+from transcache._errors import OfflineMissError, ProxyError
 from transcache._limits import ConnectionSlots
 from transcache._observe import Observer
 from transcache._protocol import Headers
@@ -31,6 +31,7 @@ from transcache.cache import Cache, CacheRequest, Outcome
 from transcache.cli import main
 from transcache.store import Counter, Store
 from transcache.tiers.breaker import BreakerState
+from transcache.tiers.shared import CHECKED_FIRST_BYTES
 from transcache.tiers.trust import generate_pair
 
 pytestmark = pytest.mark.slow
@@ -117,6 +118,10 @@ async def stored_by(
     return cache
 
 
+def answers(body: bytes) -> Scripted:
+    return Scripted(headers=IMMUTABLE, chunks=[body], pace=0)
+
+
 def counters(cache: Cache) -> dict[str, int]:
     assert cache.store is not None
     return cache.store.counters.read()
@@ -148,8 +153,10 @@ async def test_what_one_proxy_stored_another_serves_without_its_origin(
 
     origin_b = FakeOrigin(Scripted(headers=IMMUTABLE, chunks=[b"the origin was asked"]))
     b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location)
-    body, _ = await fetch(b, "/page.html")
+    body, outcome, status = await answer(b, "/page.html")
     assert body == PAGE and origin_b.requests == []
+    assert outcome is Outcome.MISS  # for the client, a miss that was stored
+    assert status == b"transcache; fwd=miss; fwd-status=200; stored"
     await settle(b)
     again, _ = await fetch(b, "/page.html")  # now from B's own disk
     assert again == PAGE and origin_b.requests == []
@@ -221,6 +228,32 @@ async def test_a_damaged_body_in_the_bucket_is_never_served_or_stored(
     assert (await fetch(b, "/page.html"))[0] == b"from the origin"
     await settle(b)
     assert (await fetch(b, "/page.html"))[0] == b"from the origin"  # stored: the origin's
+
+
+async def test_a_large_corrupted_body_in_the_bucket_ends_short_once_then_is_mended(
+    nursery: trio.Nursery, tmp_path: Path, location: str, s3: S3Server
+) -> None:
+    # Over CHECKED_FIRST_BYTES a body streams as it arrives, its last piece held back until
+    # its size and sha256 match: a bad one ends its response short, is not read again, and
+    # the origin's copy of the same bytes replaces it in the bucket.
+    large = bytes(range(256)) * (CHECKED_FIRST_BYTES // 128)
+    a = await proxy(nursery, tmp_path / "a", FakeOrigin(answers(large)), shared_cache=location)
+    assert (await fetch(a, "/large.bin"))[0] == large
+    await settle(a)
+    [blob] = [name for name in objects(s3, location) if hashlib.sha256(large).hexdigest() in name]
+    overwrite(s3, blob, large[:-1] + b"X")  # same size, one byte changed
+    origin_b = FakeOrigin(answers(large))
+    b = await proxy(nursery, tmp_path / "b", origin_b, shared_cache=location)
+    with pytest.raises(ProxyError):
+        await fetch(b, "/large.bin")  # never a complete-looking body
+    await settle(b)
+    assert origin_b.requests == []
+    assert (await fetch(b, "/large.bin"))[0] == large  # from the origin: not read again
+    await settle(b)
+    assert len(origin_b.requests) == 1
+    origin_c = FakeOrigin(answers(b"the origin was asked"))
+    c = await proxy(nursery, tmp_path / "c", origin_c, shared_cache=location)
+    assert (await fetch(c, "/large.bin"))[0] == large and origin_c.requests == []
 
 
 async def test_with_a_verify_key_unsigned_and_mis_signed_entries_are_ignored(

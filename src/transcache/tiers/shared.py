@@ -138,6 +138,7 @@ class TierAnswer:
         return held
 
     def _broken(self, why: str) -> UpstreamError:
+        self._tier.found_bad(self._entry)
         self._tier.failed(f"{self._entry.url} from the shared cache: {why}")
         return UpstreamError(f"the shared cache's copy of {self._entry.url} is bad: {why}")
 
@@ -154,6 +155,9 @@ class SharedTier:
         self.breaker = Breaker(config.shared_cache_failures, config.shared_cache_skip)
         self._send, self._queue = trio.open_memory_channel[Upload](UPLOAD_QUEUE)
         self._from_tier: dict[str, None] = {}
+        # Bodies whose copy in the bucket failed its check: not read again, and uploaded
+        # again (whatever the bucket says it has) when this proxy gets them from the origin.
+        self._bad: dict[str, None] = {}
         self._uploading = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -193,8 +197,10 @@ class SharedTier:
         return record if isinstance(record, Entry) else None
 
     async def open(self, entry: Entry, now: float) -> TierAnswer | None:
-        """The entry's body as an answer to store and stream; None when it is gone or the
-        tier fails."""
+        """The entry's body as an answer to store and stream; None when it is gone, known
+        bad, or the tier fails."""
+        if entry.digest in self._bad:
+            return None
         try:
             body = await self.bucket.get(blob_name(entry.digest))
         except TierError as exc:
@@ -293,9 +299,11 @@ class SharedTier:
     async def _upload(self, upload: Upload) -> None:
         entry = upload.entry
         name = blob_name(entry.digest)
-        if entry.size <= ASK_FIRST_BYTES or not await self.bucket.exists(name):
+        bad = entry.digest in self._bad
+        if entry.size <= ASK_FIRST_BYTES or bad or not await self.bucket.exists(name):
             await self.bucket.put_file(name, Path(entry.body_path), entry.size)
             self.count(Counter.SHARED_UPLOAD_BYTES, entry.size)
+            self._bad.pop(entry.digest, None)
         record = entry.to_json()
         if upload.vary:
             await self.bucket.put(meta_name(entry.key), self.trust.seal(record))
@@ -326,6 +334,13 @@ class SharedTier:
         """The tier, its trust, and whether it is being skipped now (status page, `status`)."""
         skipping = "" if self.breaker.state is BreakerState.CLOSED else "; skipped after errors"
         return self.description + skipping
+
+    def found_bad(self, entry: Entry) -> None:
+        """`entry`'s body in the bucket failed its check: the origin's copy goes up again."""
+        self._from_tier.pop(entry.key, None)
+        self._bad[entry.digest] = None
+        if len(self._bad) > FROM_TIER_KEYS:
+            del self._bad[next(iter(self._bad))]
 
     def _remember(self, key: str) -> None:
         self._from_tier[key] = None
