@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -34,8 +34,14 @@ def _malloc_trim() -> Callable[[], object] | None:
 MALLOC_TRIM = _malloc_trim()
 
 
+async def _trim_in_a_thread() -> None:
+    assert MALLOC_TRIM is not None
+    await trio.to_thread.run_sync(MALLOC_TRIM)
+
+
 async def trim_when_quiet(
-    slots: ConnectionSlots, trim: Callable[[], object] | None = MALLOC_TRIM
+    slots: ConnectionSlots,
+    trim: Callable[[], Awaitable[object]] | None = _trim_in_a_thread if MALLOC_TRIM else None,
 ) -> None:
     """Until cancelled: trim after each quiet spell that followed traffic."""
     if trim is None:
@@ -45,4 +51,4 @@ async def trim_when_quiet(
         await trio.sleep(QUIET_SECONDS)
         if slots.count == 0 and slots.admitted != trimmed_after:
             trimmed_after = slots.admitted
-            await trio.to_thread.run_sync(trim)
+            await trim()
