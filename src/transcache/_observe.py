@@ -65,9 +65,10 @@ class Observer:
         counts: list[Recorder] = [] if store is None else [EcosystemCounts(store)]
         return [self.metrics, self.activity, *counts]
 
-    def gauges(self) -> Gauges:
-        """The state of the whole proxy: this process, plus the other workers' snapshots."""
-        others = self._others()
+    def gauges(self, others: list[dict[str, Any]] | None = None) -> Gauges:
+        """The state of the whole proxy: this process, plus the other workers' snapshots
+        (read here unless the caller has them)."""
+        others = self._others() if others is None else others
         connections = self.slots.count + sum(other["connections_open"] for other in others)
         flying = len(self._downloads()) + sum(len(other["downloads"]) for other in others)
         store = self.cache.store
@@ -150,7 +151,7 @@ class Observer:
             downloads += [Download(*download) for o in others for download in o["downloads"]]
         shared = None if self.cache.shared is None else self.cache.shared.tier.status
         view = StatusView(
-            version(), activity, self.gauges(), downloads, self.config.passthrough, shared
+            version(), activity, self.gauges(others), downloads, self.config.passthrough, shared
         )
         return 200, TEXT_HTML, render(view)
 
