@@ -91,3 +91,14 @@ def test_the_breaker_skips_after_failures_in_a_row_then_lets_one_probe_through()
     assert not breaker.allows(64.0) and breaker.allows(65.0)
     breaker.succeeded()
     assert breaker.state is BreakerState.CLOSED and breaker.allows(65.1)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["shared_cache_timeout = 0", "shared_cache_failures = 0", "shared_cache_skip = -1"],
+)
+def test_shared_cache_settings_out_of_range_are_refused(tmp_path: Path, setting: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'shared_cache = "s3://ci-cache/x"\n{setting}\n')
+    with pytest.raises(ConfigError, match="shared cache"):
+        build_config({}, config, {})

@@ -154,8 +154,15 @@ class Config:
                 parse_location(self.shared_cache)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
-        if not self.shared_cache_timeout > 0 or self.shared_cache_failures < 1:
-            raise ConfigError("the shared cache needs a timeout over 0 s and 1 failure or more")
+        if (
+            not self.shared_cache_timeout > 0
+            or self.shared_cache_failures < 1
+            or self.shared_cache_skip < 0
+        ):
+            raise ConfigError(
+                "the shared cache needs a timeout over 0 s, 1 failure or more and a skip of "
+                "0 s or more"
+            )
         if self.workers is not None and self.workers < 1:
             raise ConfigError("workers must be at least 1")
         if not all(0 < port < 65536 for port in self.connect_ports):
