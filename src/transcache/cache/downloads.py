@@ -174,8 +174,7 @@ class Downloads:
             "kind": keyed.store_kind,
             "ecosystem": ecosystem_of(request),
         }
-        shareable = not policy.credential_partition(request.headers, None)
-        self.nursery.start_soon(self._download, flight, response, writer, fields, shareable)
+        self.nursery.start_soon(self._download, flight, response, writer, fields, keyed.shareable)
         reader = self._reader(flight, request.headers, Outcome.MISS, head_only=keyed.head_only)
         return reader, Outcome.MISS
 

@@ -44,7 +44,15 @@ class Keyed:
     view: View
     key: str
     rule: policy.Rule | None
+    # The request's credential partition ("" without credentials): part of its key, and what
+    # keeps it out of the shared tier, both ways.
+    partition: str
     whole_body: bytes | None = None  # a git request's body, read to be keyed
+
+    @property
+    def shareable(self) -> bool:
+        """Whether the shared tier may answer it or receive its entry (no credentials)."""
+        return not self.partition
 
     @property
     def head_only(self) -> bool:
@@ -77,13 +85,14 @@ async def classify(
         protocol = (header_value(headers, b"git-protocol") or b"").decode("latin-1")
         key = policy.primary_key(f"{policy.GIT_REFS_PREFIX}{url}\n{protocol}", partition)
         view = View(RequestKind.GIT_REFS, request.method, headers, arrived=arrived)
-        return Keyed(request, view, key, None)
+        return Keyed(request, view, key, None, partition)
     if mode is not Mode.PASS_THROUGH and _is_upload_pack(request):
         return await _classify_upload_pack(request, partition, arrived)
     strict = freshness.strict_reload or policy.strict_reload(url, freshness.rules)
     has_body = request.body is not None
     view = View(RequestKind.HTTP, request.method, headers, has_body, strict, arrived=arrived)
-    return Keyed(request, view, policy.primary_key(url, partition), _rule(request, freshness))
+    key = policy.primary_key(url, partition)
+    return Keyed(request, view, key, _rule(request, freshness), partition)
 
 
 async def _classify_upload_pack(
@@ -103,7 +112,7 @@ async def _classify_upload_pack(
     }.get(_git.classify_upload_pack(decoded), RequestKind.GIT_OTHER)
     rule = PINNED if kind is RequestKind.GIT_PACK else None
     view = View(kind, request.method, request.headers, arrived=arrived)
-    return Keyed(request, view, key, rule, body)
+    return Keyed(request, view, key, rule, partition, body)
 
 
 def ecosystem_of(request: CacheRequest) -> Ecosystem:

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .. import _policy as policy
 from .._config import Config
 from ..tiers.shared import SharedTier, open_shared_tier
 from .decide import Action, RequestKind, decide
@@ -51,11 +50,7 @@ class SharedReader:
     async def answer(self, keyed: Keyed, pending: Flight | None) -> Answer | None:
         """The tier's answer, streaming into the store through `pending`; None for a tier
         miss, a stale or unusable entry, or a tier that fails (the origin is asked)."""
-        if (
-            pending is None
-            or keyed.view.kind not in SHARED_KINDS
-            or policy.credential_partition(keyed.request.headers, None)
-        ):
+        if pending is None or keyed.view.kind not in SHARED_KINDS or not keyed.shareable:
             return None
         entry = await self.tier.entry(keyed.key, keyed.request.headers)
         if entry is None:
