@@ -13,8 +13,10 @@ holder that died stays until the key is claimed again, or until the next process
 the cache dir and sweeps such files away, the same way.
 
 Owned by the trio thread, like the downloads that use it. This is the second level: within a
-process the flights map (`Downloads`) already collapses requests, and only its first request
-for a key claims the key here.
+process the flights map (`Downloads`) already collapses requests once this process downloads
+a key, so only its first request for the key claims it here. Requests that arrive while
+another process holds the key each wait on the lock themselves (a failed flock every
+POLL_SECONDS each: cheap, and they are few).
 """
 
 from __future__ import annotations
