@@ -145,9 +145,10 @@ class JsonAccessFormatter(logging.Formatter):
 class BatchedAccessHandler(logging.Handler):
     """Writes the lines of `target` (a file or stderr handler, whose format it uses) in
     batches: formatted as they come, written together BATCH_SECONDS after the first of them
-    (a timer thread, so the writing is off the event loop), when BATCH_LINES wait, and on
-    `flush` and `close`. A reload flushes before it reopens the file; logging flushes and
-    closes every handler when the process ends cleanly, so no line is lost then."""
+    (by a timer thread, off the event loop), when BATCH_LINES wait (by the caller, the event
+    loop: one write of the whole batch, under heavy traffic), and on `flush` and `close`. A
+    reload flushes before it reopens the file; logging flushes and closes every handler when
+    the process ends cleanly, so no line is lost then."""
 
     def __init__(self, target: logging.StreamHandler[Any]) -> None:
         super().__init__()
