@@ -14,8 +14,8 @@ import trio.testing
 
 from transcache._errors import ProxyError
 from transcache._protocol import Headers, header_value
+from transcache._upstream import replay
 from transcache.cache import Cache, CacheRequest, Outcome
-from transcache.cache.keys import replay
 
 from .test_cache_inprocess import ORIGIN, FakeOrigin, Scripted, read_all, start
 from .test_git_keys import V2_CAPS, v2_request

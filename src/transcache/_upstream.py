@@ -69,6 +69,19 @@ PROXY_AUTH_REQUIRED = 407
 PARENT_UNREACHABLE_STATUSES = frozenset({502, 503, 504})
 
 
+def replay(body: bytes | None) -> BodyReader | None:
+    """A body reader over bytes already in hand (a git request read whole to be keyed, an
+    object sent to the shared tier)."""
+    if body is None:
+        return None
+    pending = [body]
+
+    async def read() -> bytes:
+        return pending.pop() if pending else b""
+
+    return read
+
+
 def upstream_ssl_context(extra_cas: tuple[Path, ...]) -> ssl.SSLContext:
     """Full verification against the system roots plus `extra_cas`; never switched off."""
     context = ssl.create_default_context()

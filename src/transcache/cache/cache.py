@@ -30,6 +30,7 @@ from .._errors import (
 )
 from .._protocol import Headers
 from .._protocol import request_headers_for_upstream as upstream_fields
+from .._upstream import replay
 from ..store import Counter, Entry, Store, now
 from .decide import (
     Action,
@@ -45,7 +46,7 @@ from .decide import (
 )
 from .downloads import Clock, Downloads, Joined, stored_headers
 from .flight import State
-from .keys import CacheRequest, Freshness, Keyed, classify, lookup, replay
+from .keys import CacheRequest, Freshness, Keyed, classify, lookup
 from .shared import open_shared_reader
 from .sources import (
     EntryGoneError,

@@ -163,18 +163,6 @@ def _rule(request: CacheRequest, freshness: Freshness) -> policy.Rule | None:
     return None
 
 
-def replay(body: bytes | None) -> BodyReader | None:
-    """A body reader over bytes already read (git requests are read whole to be keyed)."""
-    if body is None:
-        return None
-    pending = [body]
-
-    async def read() -> bytes:
-        return pending.pop() if pending else b""
-
-    return read
-
-
 async def read_whole(read: BodyReader) -> bytes:
     """A request body read into memory (git requests: small, and keyed on their bytes)."""
     parts = []

@@ -30,7 +30,7 @@ from .._config import Config
 from .._errors import ProxyError
 from .._parent import SCHEME_VARIABLES
 from .._protocol import Headers, Origin
-from .._upstream import BodyReader, UpstreamPool, UpstreamResponse
+from .._upstream import BodyReader, UpstreamPool, UpstreamResponse, replay
 from .bucket import Listed, Location, TierError
 
 DEFAULT_REGION = "us-east-1"
@@ -140,7 +140,7 @@ class S3Bucket:
     async def get(self, name: str) -> S3Object | None:
         response = await self._send(b"GET", self._key(name))
         if response.status == 404:
-            await _drain(response)
+            await _read_all(response)
             return None
         await self._check(response, f"GET {name}")
         length = next((v for k, v in response.headers if k.lower() == b"content-length"), None)
@@ -151,7 +151,7 @@ class S3Bucket:
 
     async def exists(self, name: str) -> bool:
         response = await self._send(b"HEAD", self._key(name))
-        await _drain(response)
+        await _read_all(response)
         if response.status == 404:
             return False
         await self._check(response, f"HEAD {name}")
@@ -160,7 +160,7 @@ class S3Bucket:
     async def put(self, name: str, data: bytes) -> None:
         response = await self._send(b"PUT", self._key(name), body=data)
         await self._check(response, f"PUT {name}")
-        await _drain(response)
+        await _read_all(response)
 
     async def put_file(self, name: str, path: Path, size: int) -> None:
         if size <= MULTIPART_BYTES:
@@ -168,7 +168,7 @@ class S3Bucket:
                 b"PUT", self._key(name), stream=(_file_reader(path, 0, size), size)
             )
             await self._check(response, f"PUT {name}")
-            await _drain(response)
+            await _read_all(response)
             return
         await self._put_parts(name, path, size)
 
@@ -192,7 +192,7 @@ class S3Bucket:
     async def delete(self, name: str) -> None:
         response = await self._send(b"DELETE", self._key(name))
         await self._check(response, f"DELETE {name}")
-        await _drain(response)
+        await _read_all(response)
 
     async def aclose(self) -> None:
         await self._pool.aclose()
@@ -217,7 +217,7 @@ class S3Bucket:
                 )
                 await self._check(response, f"upload part {number} of {name}")
                 etag = next((v for k, v in response.headers if k.lower() == b"etag"), b"")
-                await _drain(response)
+                await _read_all(response)
                 etags.append(etag.decode("latin-1"))
             listed = "".join(
                 f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
@@ -232,7 +232,7 @@ class S3Bucket:
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
                 response = await self._send(b"DELETE", key, {"uploadId": upload})
-                await _drain(response)
+                await _read_all(response)
             raise
 
     # -- requests ------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class S3Bucket:
         length = stream[1] if stream is not None else len(body or b"")
         if method in (b"PUT", b"POST"):
             headers.append((b"Content-Length", str(length).encode()))
-        reader = stream[0] if stream is not None else (_bytes_reader(body) if body else None)
+        reader = stream[0] if stream is not None else (replay(body) if body else None)
         try:
             with trio.fail_after(self._timeout + length * SECONDS_PER_UPLOADED_BYTE):
                 return await self._pool.request(
@@ -303,15 +303,6 @@ class S3Bucket:
         raise TierError(f"{what}: the shared cache answered {response.status} {code}".rstrip())
 
 
-def _bytes_reader(data: bytes) -> BodyReader:
-    pending = [data]
-
-    async def read() -> bytes:
-        return pending.pop() if pending else b""
-
-    return read
-
-
 def _file_reader(path: Path, offset: int, length: int) -> BodyReader:
     """`length` bytes of `path` from `offset`, a piece at a time (the file is a published,
     content-addressed blob: its bytes do not change). Each piece opens the file anew, so an
@@ -346,10 +337,6 @@ async def _read_all(response: UpstreamResponse) -> bytes:
     except ProxyError as exc:
         raise TierError(f"the shared cache broke off: {exc}") from exc
     return b"".join(parts)
-
-
-async def _drain(response: UpstreamResponse) -> None:
-    await _read_all(response)
 
 
 def _timestamp(text: str) -> float:
