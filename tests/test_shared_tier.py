@@ -9,7 +9,7 @@ import json
 import time
 import urllib.request
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -57,13 +57,6 @@ def aws_variables(monkeypatch: pytest.MonkeyPatch, s3: S3Server, tmp_path: Path)
         monkeypatch.setenv(name, value)
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
-
-
-@pytest.fixture
-async def nursery() -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as nursery:
-        yield nursery
-        nursery.cancel_scope.cancel()
 
 
 _prefixes = iter(range(10**6))
@@ -507,14 +500,23 @@ async def test_prune_deletes_what_was_written_before_the_cutoff(
 
 
 def test_cache_keygen_and_prune_shared_from_the_command_line(
-    tmp_path: Path, location: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, location: str, s3: S3Server, capsys: pytest.CaptureFixture[str]
 ) -> None:
     keys = ["cache", "keygen", str(tmp_path / "sign.pem"), str(tmp_path / "verify.pem")]
     assert main(keys) == 0
     assert (tmp_path / "sign.pem").stat().st_mode & 0o077 == 0
-    prune = ["cache", "prune", "--shared", "--older-than", "30", "--shared-cache", location]
-    assert main([*prune, "--cache-dir", str(tmp_path / "c")]) == 0
+    prefix = location.removeprefix(f"s3://{s3.bucket}/")
+    for name in ("v1/meta/00/k", "v1/blobs/00/d"):
+        overwrite(s3, f"{prefix}/{name}", b"old")
+    prune = ["cache", "prune", "--shared", "--shared-cache", location]
+    prune += ["--cache-dir", str(tmp_path / "c")]
+    assert main([*prune, "--older-than", "30"]) == 0
     assert "deleted 0 objects older than 30 days" in capsys.readouterr().out
+    assert len(objects(s3, location)) == 2
+    time.sleep(1.1)  # the bucket dates objects to the second: let them age past one
+    assert main([*prune, "--older-than", "0.00001"]) == 0  # 0.864 s
+    assert "deleted 2 objects older than 1e-05 days" in capsys.readouterr().out
+    assert objects(s3, location) == []
 
 
 BIG = 100 * 1024 * 1024
