@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import itertools
+from types import SimpleNamespace
+
+import pytest
+
 from transcache._access import Exchange
 from transcache._activity import RECENT, Activity, merged
 from transcache._registries import Ecosystem
@@ -29,7 +34,10 @@ def test_an_activity_survives_its_snapshot() -> None:
     assert Activity.from_json(activity.to_json()) == activity
 
 
-def test_merged_activity_adds_up_the_workers() -> None:
+def test_merged_activity_adds_up_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = itertools.count(1000.0)
+    clock = SimpleNamespace(time=lambda: next(ticks))  # each record a second later
+    monkeypatch.setattr("transcache._activity.time", clock)
     first, second = Activity(started=100.0), Activity(started=50.0)
     first.record(exchange("https://files.test/a.whl", Outcome.MISS, 10), 0.1)
     second.record(exchange("https://files.test/a.whl", Outcome.HIT, 10), 0.1)
@@ -38,10 +46,12 @@ def test_merged_activity_adds_up_the_workers() -> None:
         second.record(exchange(f"https://index.test/{n}", Outcome.MISS, 1), 0.1)
     total = merged([first, second])
     assert total.started == 50.0
-    assert (total.total.requests, total.total.hits, total.total.bytes) == (23, 2, 45)
-    assert total.by_ecosystem[Ecosystem.PYPI].requests == 23
+    requests = 3 + RECENT
+    assert (total.total.requests, total.total.hits, total.total.bytes) == (requests, 2, 45)
+    assert total.by_ecosystem[Ecosystem.PYPI].requests == requests
     assert total.by_host["files.test"].hits == 1 and total.by_host["files.test"].requests == 2
     assert total.by_user["ann"].requests == 1
     # The latest misses of all, newest first, as many as one process keeps.
-    assert len(total.misses) == RECENT
-    assert [m.when for m in total.misses] == sorted((m.when for m in total.misses), reverse=True)
+    # The first worker's a.whl miss came before all of the second's: it is the one dropped.
+    latest = [f"https://index.test/{n}" for n in reversed(range(RECENT))]
+    assert [miss.url for miss in total.misses] == latest
