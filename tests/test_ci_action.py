@@ -113,13 +113,9 @@ class GitHubJob:
 
     def run(self, entry: str) -> subprocess.CompletedProcess[str]:
         """The action's `main` or `post` step, with the inputs as the runner passes them."""
-        inputs = {
-            f"INPUT_{name.upper()}": self.with_.get(name, spec.get("default", ""))
-            for name, spec in ACTION["inputs"].items()
-        }
         return subprocess.run(
             ["node", str(ROOT / ACTION["runs"][entry])],
-            env={**self.base_env(), **inputs},
+            env={**self.base_env(), **action_inputs(self.with_)},
             capture_output=True,
             text=True,
             timeout=STEP_TIMEOUT,
@@ -266,18 +262,22 @@ def test_gitlab_template_runs_a_job_through_the_proxy_and_caches_for_the_next(
     assert len(origin.requests_to(PACKAGE)) == 1
 
 
-def action_settings(with_: Mapping[str, str], runner_temp: Path) -> job.Settings:
-    """The Settings ci/job.py gets from the action's inputs, mapped by the action's own
-    JavaScript (step.js `settings`)."""
-    inputs = {
+def action_inputs(with_: Mapping[str, str]) -> dict[str, str]:
+    """The INPUT_* variables the runner passes an action: `with:` values, else defaults."""
+    return {
         f"INPUT_{name.upper()}": with_.get(name, spec.get("default", ""))
         for name, spec in ACTION["inputs"].items()
     }
+
+
+def action_settings(with_: Mapping[str, str], runner_temp: Path) -> job.Settings:
+    """The Settings ci/job.py gets from the action's inputs, mapped by the action's own
+    JavaScript (step.js `settings`)."""
     script = (
         f"const env = require({json.dumps(str(STEP_JS))}).settings(JSON.parse(process.argv[1]));"
         "console.log(JSON.stringify(env));"
     )
-    environ = {"RUNNER_TEMP": str(runner_temp), **inputs}
+    environ = {"RUNNER_TEMP": str(runner_temp), **action_inputs(with_)}
     result = subprocess.run(
         ["node", "-e", script, json.dumps(environ)],
         capture_output=True,
