@@ -42,6 +42,7 @@ from transcache._launch import (
     server_environment,
 )
 from transcache.cli._human import plural, size
+from transcache.cli._tier import flags_for
 from transcache.install.health import answers
 
 # Files in the state directory.
@@ -122,15 +123,14 @@ class Settings:
 
 def run_arguments(settings: Settings) -> list[str]:
     """The `transcache run` command line that `start` runs for `settings`."""
-    shared: list[str] = []
-    if settings.shared_cache is not None:
-        shared += ["--shared-cache", settings.shared_cache]
-    if settings.shared_cache_readonly:
-        shared.append("--shared-cache-readonly")
-    if settings.shared_cache_verify_key is not None:
-        shared += ["--shared-cache-verify-key", str(settings.shared_cache_verify_key)]
-    if settings.shared_cache_signing_key is not None:
-        shared += ["--shared-cache-signing-key", str(settings.shared_cache_signing_key)]
+    shared = flags_for(
+        {
+            "shared_cache": settings.shared_cache,
+            "shared_cache_readonly": settings.shared_cache_readonly,
+            "shared_cache_verify_key": settings.shared_cache_verify_key,
+            "shared_cache_signing_key": settings.shared_cache_signing_key,
+        }
+    )
     return run_command(settings.file(CA_DIR), settings.cache_dir, args=[*shared, *settings.args])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +84,13 @@ def shared_cache_options(args: argparse.Namespace) -> dict[str, Any]:
 def shared_cache_flags(args: argparse.Namespace) -> tuple[str, ...]:
     """The `transcache run` flags that pass the shared tier's options on (`install` writes
     them into the service's command line; key files as absolute paths)."""
+    return flags_for(shared_cache_options(args))
+
+
+def flags_for(options: Mapping[str, object]) -> tuple[str, ...]:
+    """`transcache run` flags for shared-tier options by their config names (None: unset)."""
     flags: list[str] = []
-    for name, value in shared_cache_options(args).items():
+    for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if value is None or value is False:
             continue
