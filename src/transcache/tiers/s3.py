@@ -286,8 +286,13 @@ class S3Bucket:
         from botocore.auth import S3SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        # Refreshing credentials (STS, SSO) may block: a worker thread.
-        frozen = await trio.to_thread.run_sync(credentials.get_frozen_credentials)
+        # Refreshing credentials (STS, SSO) may block: then in a worker thread. Static keys,
+        # or refreshable ones still fresh, are read here without a thread hop per request.
+        refresh_needed = getattr(credentials, "refresh_needed", None)
+        if refresh_needed is not None and refresh_needed():
+            frozen = await trio.to_thread.run_sync(credentials.get_frozen_credentials)
+        else:
+            frozen = credentials.get_frozen_credentials()
         url = f"{self._origin.scheme}://{self._host}{target}"
         request = AWSRequest(method=method.decode(), url=url, data=body or b"")
         signing = {"payload_signing_enabled": body is not None}
